@@ -1,0 +1,260 @@
+"""Every ``TOKENGUARD_*`` configuration key: its name, its default and its check.
+
+``init_app`` fills the defaults with ``app.config.setdefault`` and builds a frozen
+:class:`Settings` from the app's config, so a bad value is reported at start-up with the
+key's name rather than at the first refresh. Values may come from
+``app.config.from_prefixed_env()``, which parses JSON: string keys are coerced back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigurationError
+
+
+class ConfigKeys:
+    """The public configuration key names."""
+
+    CLIENT_ID = "TOKENGUARD_CLIENT_ID"
+    CLIENT_SECRET = "TOKENGUARD_CLIENT_SECRET"  # noqa: S105 - a key name, not a secret
+    CLIENT_AUTH = "TOKENGUARD_CLIENT_AUTH"
+    AUTHORIZE_URL = "TOKENGUARD_AUTHORIZE_URL"
+    TOKEN_URL = "TOKENGUARD_TOKEN_URL"  # noqa: S105
+    SCOPE = "TOKENGUARD_SCOPE"
+    SESSION_KEY = "TOKENGUARD_SESSION_KEY"
+    LEEWAY = "TOKENGUARD_LEEWAY"
+    PROVIDER_TIMEOUT = "TOKENGUARD_PROVIDER_TIMEOUT"
+    CLAIM_TTL = "TOKENGUARD_CLAIM_TTL"
+    WAIT_TIMEOUT = "TOKENGUARD_WAIT_TIMEOUT"
+    RESULT_TTL = "TOKENGUARD_RESULT_TTL"
+    FAILURE_TTL = "TOKENGUARD_FAILURE_TTL"
+    RETRY_AFTER = "TOKENGUARD_RETRY_AFTER"
+    PROVIDER_GRACE = "TOKENGUARD_PROVIDER_GRACE"
+    CACHE_URL = "TOKENGUARD_CACHE_URL"
+    KEY_PREFIX = "TOKENGUARD_KEY_PREFIX"
+    STORE_FALLBACK = "TOKENGUARD_STORE_FALLBACK"
+    EXEMPT = "TOKENGUARD_EXEMPT"
+    AUTO_REFRESH = "TOKENGUARD_AUTO_REFRESH"
+    LOGIN_VIEW = "TOKENGUARD_LOGIN_VIEW"
+    SECRET = "TOKENGUARD_SECRET"  # noqa: S105
+    SECRET_FALLBACKS = "TOKENGUARD_SECRET_FALLBACKS"  # noqa: S105
+
+
+K = ConfigKeys
+
+#: Defaults, applied with ``app.config.setdefault``; documented in the README's table.
+DEFAULTS: Mapping[str, Any] = {
+    K.CLIENT_ID: None,
+    K.CLIENT_SECRET: None,
+    K.CLIENT_AUTH: "client_secret_basic",
+    K.AUTHORIZE_URL: None,
+    K.TOKEN_URL: None,
+    K.SCOPE: None,
+    K.SESSION_KEY: "_tokenguard",
+    K.LEEWAY: 60.0,
+    K.PROVIDER_TIMEOUT: 10.0,
+    K.CLAIM_TTL: 15.0,
+    K.WAIT_TIMEOUT: 30.0,
+    K.RESULT_TTL: 3600.0,
+    K.FAILURE_TTL: 10.0,
+    K.RETRY_AFTER: 5.0,
+    K.PROVIDER_GRACE: 0.0,
+    K.CACHE_URL: None,
+    K.KEY_PREFIX: "tokenguard",
+    K.STORE_FALLBACK: "closed",
+    K.EXEMPT: (),
+    K.AUTO_REFRESH: True,
+    K.LOGIN_VIEW: None,
+    K.SECRET: None,
+    K.SECRET_FALLBACKS: (),
+}
+
+CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+STORE_FALLBACKS = ("closed", "process")
+#: Transient outcomes are remembered for their Retry-After, but never longer than this.
+TRANSIENT_TTL_CAP = 5.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The checked configuration of one app."""
+
+    client_id: str
+    client_secret: str | None
+    client_auth: str
+    authorize_url: str | None
+    token_url: str
+    scope: tuple[str, ...] | None
+    session_key: str
+    leeway: float
+    provider_timeout: float
+    claim_ttl: float
+    wait_timeout: float
+    result_ttl: float
+    failure_ttl: float
+    retry_after: float
+    provider_grace: float
+    cache_url: str | None
+    key_prefix: str
+    store_fallback: str
+    exempt: frozenset[str]
+    auto_refresh: bool
+    login_view: str | None
+    secret: str | bytes | None
+    secret_fallbacks: tuple[str | bytes, ...]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        client_id = _string(config, K.CLIENT_ID, required=True)
+        token_url = _url(config, K.TOKEN_URL, required=True)
+        client_auth = _choice(config, K.CLIENT_AUTH, CLIENT_AUTH_METHODS)
+        client_secret = _string(config, K.CLIENT_SECRET)
+        if client_auth != "none" and not client_secret:
+            raise ConfigurationError(
+                f"{K.CLIENT_SECRET} is required when {K.CLIENT_AUTH} is {client_auth!r}"
+                " (use 'none' for a public client)"
+            )
+        provider_timeout = _seconds(config, K.PROVIDER_TIMEOUT, positive=True)
+        claim_ttl = _seconds(config, K.CLAIM_TTL, positive=True)
+        wait_timeout = _seconds(config, K.WAIT_TIMEOUT, positive=True)
+        if claim_ttl <= provider_timeout:
+            raise ConfigurationError(
+                f"{K.CLAIM_TTL} ({claim_ttl:g}) must be longer than {K.PROVIDER_TIMEOUT}"
+                f" ({provider_timeout:g}): a claim must outlive the call it protects"
+            )
+        if wait_timeout < claim_ttl + provider_timeout:
+            raise ConfigurationError(
+                f"{K.WAIT_TIMEOUT} ({wait_timeout:g}) must be at least {K.CLAIM_TTL} +"
+                f" {K.PROVIDER_TIMEOUT} ({claim_ttl + provider_timeout:g}), so a takeover of a"
+                " dead leader's claim finishes in time"
+            )
+        result_ttl = _seconds(config, K.RESULT_TTL, positive=True)
+        if result_ttl < wait_timeout:
+            raise ConfigurationError(
+                f"{K.RESULT_TTL} ({result_ttl:g}) must be at least {K.WAIT_TIMEOUT}"
+                f" ({wait_timeout:g}): late requests must still find the result"
+            )
+        session_key = _string(config, K.SESSION_KEY, required=True)
+        key_prefix = _string(config, K.KEY_PREFIX, required=True)
+        secret = config.get(K.SECRET)
+        if secret is not None and not isinstance(secret, (str, bytes)):
+            raise ConfigurationError(f"{K.SECRET} must be a string or bytes")
+        fallbacks = _sequence(config, K.SECRET_FALLBACKS)
+        for item in fallbacks:
+            if not isinstance(item, (str, bytes)):
+                raise ConfigurationError(f"{K.SECRET_FALLBACKS} must hold strings or bytes")
+        exempt = _sequence(config, K.EXEMPT)
+        if not all(isinstance(e, str) for e in exempt):
+            raise ConfigurationError(f"{K.EXEMPT} must be a list of endpoint or blueprint names")
+        return cls(
+            client_id=client_id,
+            client_secret=client_secret,
+            client_auth=client_auth,
+            authorize_url=_url(config, K.AUTHORIZE_URL),
+            token_url=token_url,
+            scope=_scope(config),
+            session_key=session_key,
+            leeway=_seconds(config, K.LEEWAY),
+            provider_timeout=provider_timeout,
+            claim_ttl=claim_ttl,
+            wait_timeout=wait_timeout,
+            result_ttl=result_ttl,
+            failure_ttl=_seconds(config, K.FAILURE_TTL, positive=True),
+            retry_after=_seconds(config, K.RETRY_AFTER, positive=True),
+            provider_grace=_seconds(config, K.PROVIDER_GRACE),
+            cache_url=_string(config, K.CACHE_URL),
+            key_prefix=key_prefix,
+            store_fallback=_choice(config, K.STORE_FALLBACK, STORE_FALLBACKS),
+            exempt=frozenset(str(e) for e in exempt),
+            auto_refresh=_bool(config, K.AUTO_REFRESH),
+            login_view=_string(config, K.LOGIN_VIEW),
+            secret=secret,
+            secret_fallbacks=tuple(fallbacks),
+        )
+
+
+def _string(config: Mapping[str, Any], key: str, *, required: bool = False) -> Any:
+    value = config.get(key)
+    if value is None or value == "":
+        if required:
+            raise ConfigurationError(f"{key} is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigurationError(f"{key} must be a string, not {type(value).__name__}")
+    # from_prefixed_env() parses JSON: FLASK_TOKENGUARD_CLIENT_ID=12345 arrives as an int.
+    return str(value)
+
+
+def _url(config: Mapping[str, Any], key: str, *, required: bool = False) -> Any:
+    value = _string(config, key, required=required)
+    if value is not None and not value.startswith(("https://", "http://")):
+        raise ConfigurationError(f"{key} must be an http(s) URL")
+    return value
+
+
+def _seconds(config: Mapping[str, Any], key: str, *, positive: bool = False) -> float:
+    value = config.get(key)
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{key} must be a number of seconds") from None
+    if number != number or number < 0 or (positive and number == 0):
+        raise ConfigurationError(
+            f"{key} must be {'greater than 0' if positive else 'zero or more'} seconds"
+        )
+    return number
+
+
+def _bool(config: Mapping[str, Any], key: str) -> bool:
+    value = config.get(key)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
+        return value.lower() in ("1", "true", "yes", "on")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ConfigurationError(f"{key} must be true or false")
+
+
+def _choice(config: Mapping[str, Any], key: str, choices: Iterable[str]) -> str:
+    value = config.get(key)
+    options = tuple(choices)
+    if value not in options:
+        raise ConfigurationError(f"{key} must be one of {', '.join(options)}; got {value!r}")
+    return str(value)
+
+
+def _sequence(config: Mapping[str, Any], key: str) -> tuple[Any, ...]:
+    value = config.get(key)
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)):
+        return (value,)
+    if isinstance(value, Iterable):
+        return tuple(value)
+    raise ConfigurationError(f"{key} must be a list")
+
+
+def _scope(config: Mapping[str, Any]) -> tuple[str, ...] | None:
+    value = config.get(K.SCOPE)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, Iterable) and all(isinstance(s, str) for s in value):
+        return tuple(value)
+    raise ConfigurationError(f"{K.SCOPE} must be a string or a list of strings")

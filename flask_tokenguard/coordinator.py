@@ -1,0 +1,425 @@
+"""The refresh protocol, across threads, processes and hosts.
+
+For one refresh token, per process, a single flight elects a leader thread. The leader:
+
+1. looks for a published outcome under the token's key (a late or stale request adopts the
+   successor, following chains RT0 -> RT1 -> RT2, without calling the provider);
+2. claims the token in the shared store (atomic, with an expiry);
+3. the winner looks once more, marks the claim "sent" (the mark outlives the claim), calls
+   the provider under a total deadline, and publishes the outcome under the old token's key;
+4. losers wait for that outcome, bounded by their deadline, and adopt it; a claim that
+   vanishes unsent is taken over, one that vanishes sent is an ambiguous outcome.
+
+Nothing here knows about Flask.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config import TRANSIENT_TTL_CAP
+from .deadline import Deadline
+from .errors import (
+    ProviderConfigurationError,
+    RefreshAmbiguous,
+    RefreshDefinitive,
+    RefreshError,
+    RefreshTimeout,
+    RefreshTransient,
+    StoreUnavailable,
+    TokenError,
+)
+from .keys import KeyNames
+from .provider import RefreshClient
+from .records import RecordCodec
+from .singleflight import FlightTimeout, SingleFlight
+from .stores.base import Store
+from .stores.memory import MemoryStore
+from .token import Token, normalize
+
+log = logging.getLogger("flask_tokenguard")
+
+#: Called by the thread that called the provider: (new token, None) or (None, error).
+OutcomeCallback = Callable[[Token | None, RefreshError | None], None]
+
+_MAX_CHAIN = 32
+#: The least time left on a deadline for which a leader still sends a refresh.
+_MIN_SEND_BUDGET = 0.5
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The timings of the protocol (see the ``TOKENGUARD_*`` keys of the same names)."""
+
+    provider_timeout: float = 10.0
+    claim_ttl: float = 15.0
+    result_ttl: float = 3600.0
+    failure_ttl: float = 10.0
+    retry_after: float = 5.0
+    provider_grace: float = 0.0
+    store_fallback: str = "closed"
+
+    def publish_ttl(self, error: RefreshError) -> float:
+        """How long a failure record stays in the store.
+
+        An ambiguous one as long as a result would: nobody may present that token again.
+        A transient one as long too, but it holds only for :meth:`hold` seconds: the record
+        tells a later leader that the "sent" mark beside it is settled (nothing was consumed).
+        """
+        if isinstance(error, (RefreshAmbiguous, RefreshTransient, ProviderConfigurationError)):
+            return self.result_ttl
+        return self.failure_ttl
+
+    def hold(self, error: RefreshError) -> float | None:
+        """Seconds a retryable failure is remembered: its Retry-After, capped at a few seconds."""
+        if isinstance(error, (RefreshTransient, ProviderConfigurationError)):
+            return max(0.5, min(error.retry_after or self.retry_after, TRANSIENT_TTL_CAP))
+        return None
+
+
+class _ProviderCall:
+    """One call to the token endpoint, run in its own thread so the leader can stop waiting.
+
+    If the leader's deadline passes first, the outcome is published as ambiguous; should the
+    call later succeed after all, its result replaces that record, so later requests heal.
+    """
+
+    def __init__(self, coordinator: Coordinator, store: Store, refresh_token: str) -> None:
+        self.coordinator = coordinator
+        self.store = store
+        self.refresh_token = refresh_token
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.outcome: Token | RefreshError | None = None
+        self.abandoned = False
+
+    def run(self, budget: float) -> None:
+        outcome: Token | RefreshError
+        try:
+            outcome = self.coordinator.client.refresh(self.refresh_token, budget)
+        except RefreshError as exc:
+            outcome = exc
+        except Exception as exc:  # never let a bug leave waiters hanging
+            log.exception("refresh failed unexpectedly")
+            outcome = RefreshAmbiguous(f"refresh failed unexpectedly ({type(exc).__name__})")
+        with self.lock:
+            self.outcome = outcome
+            if self.abandoned and isinstance(outcome, RefreshError):
+                pass  # the ambiguous record the leader published stays
+            else:
+                self.coordinator._publish(self.store, self.refresh_token, outcome)
+                if self.abandoned:
+                    log.info("a refresh that outlived its deadline succeeded; result published")
+        self.done.set()
+
+
+class Coordinator:
+    """Exactly one provider refresh per refresh token, wherever the requests run."""
+
+    def __init__(
+        self,
+        client: RefreshClient,
+        store: Store,
+        keys: KeyNames,
+        codec: RecordCodec,
+        policy: Policy | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.keys = keys
+        self.codec = codec
+        self.policy = policy or Policy()
+        self.flights: SingleFlight[tuple[Token, bool]] = SingleFlight()
+        self._local = MemoryStore()  # used only with TOKENGUARD_STORE_FALLBACK = "process"
+        self._outage = False
+        self._identity: str | None = None
+        self._uncertain_until = 0.0
+        self._state_lock = threading.Lock()
+
+    # -- public -----------------------------------------------------------------------------
+
+    def refresh(
+        self, token: Token, deadline: Deadline, on_outcome: OutcomeCallback | None = None
+    ) -> tuple[Token, bool]:
+        """The newest token for ``token``, and whether this call refreshed at the provider.
+
+        Raises a :class:`RefreshError` subclass (the same one for every request that shared
+        the refresh) or :class:`StoreUnavailable` when the store is down and the fallback is
+        closed.
+        """
+        refresh_token = token.get("refresh_token")
+        if not isinstance(refresh_token, str) or not refresh_token:
+            raise RefreshDefinitive("the token has no refresh token")
+        try:
+            (new, called), led = self.flights.run(
+                self.keys.flight(refresh_token),
+                lambda: self._lead(refresh_token, deadline, on_outcome),
+                deadline.remaining(),
+            )
+        except FlightTimeout:
+            raise RefreshTimeout(
+                "timed out waiting for a refresh in progress", retry_after=self.policy.retry_after
+            ) from None
+        return new, called and led
+
+    def newest(self, refresh_token: str) -> Token | None:
+        """The newest published successor of ``refresh_token``, if any (no provider call).
+
+        Failures and store errors count as "none known": this serves the lost-update guard,
+        which must never break a response.
+        """
+        for store in self._stores():
+            try:
+                found = self._adopt(store, refresh_token)
+            except (RefreshError, StoreUnavailable):
+                continue
+            if found is not None:
+                return found
+        return None
+
+    def revoke(self, refresh_token: str) -> None:
+        """Leave a tombstone so a refresh that finishes later cannot bring the token back."""
+        for store in self._stores():
+            try:
+                key = self.keys.revoked(refresh_token)
+                store.publish(
+                    key, self.codec.encode(key, {"outcome": "revoked"}), self.policy.result_ttl
+                )
+            except StoreUnavailable:
+                log.warning("could not record a logout in the shared store")
+
+    def is_revoked(self, refresh_token: str) -> bool:
+        for store in self._stores():
+            try:
+                key = self.keys.revoked(refresh_token)
+                text = store.read(key)
+            except StoreUnavailable:
+                continue
+            if text is not None and self.codec.decode(key, text) is not None:
+                return True
+        return False
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    def _stores(self) -> list[Store]:
+        return [self.store, self._local] if self._outage else [self.store]
+
+    def _lead(
+        self, refresh_token: str, deadline: Deadline, on_outcome: OutcomeCallback | None
+    ) -> tuple[Token, bool]:
+        try:
+            result = self._protocol(self.store, refresh_token, deadline, on_outcome)
+        except StoreUnavailable:
+            if self.policy.store_fallback != "process":
+                raise
+            with self._state_lock:
+                first = not self._outage
+                self._outage = True
+            if first:
+                log.warning(
+                    "shared store unreachable: falling back to single flight in this process"
+                    " (TOKENGUARD_STORE_FALLBACK=process); other processes are not coordinated"
+                )
+            return self._protocol(self._local, refresh_token, deadline, on_outcome)
+        if self._outage:
+            with self._state_lock:
+                self._outage = False
+            log.warning("shared store reachable again")
+        return result
+
+    def _protocol(
+        self,
+        store: Store,
+        refresh_token: str,
+        deadline: Deadline,
+        on_outcome: OutcomeCallback | None,
+    ) -> tuple[Token, bool]:
+        claim_key = self.keys.claim(refresh_token)
+        found = self._adopt(store, refresh_token)
+        if found is not None:
+            return found, False
+        while True:
+            if deadline.remaining() < _MIN_SEND_BUDGET:
+                raise RefreshTimeout("no time left to refresh", retry_after=self.policy.retry_after)
+            owner = self._owner()
+            won = not self._claims_uncertain(store) and store.claim(
+                claim_key, owner, self.policy.claim_ttl
+            )
+            if won:
+                try:
+                    found = self._adopt(store, refresh_token)
+                    if found is not None:
+                        return found, False
+                    if (
+                        store.read_claim(claim_key).sent_by is not None
+                        and self._record(store, refresh_token) is None
+                    ):
+                        raise self._fail(
+                            store,
+                            refresh_token,
+                            RefreshAmbiguous("an earlier refresh with this token never finished"),
+                        )
+                    if not store.mark_sent(claim_key, owner, self.policy.result_ttl):
+                        continue  # the claim expired under us: start over
+                    return self._call(store, refresh_token, deadline, on_outcome), True
+                finally:
+                    self._release(store, claim_key, owner)
+            found = self._await(store, refresh_token, claim_key, deadline)
+            if found is not None:
+                return found, False
+            # The claim vanished unsent and without a result: its owner died. Take over.
+
+    def _await(
+        self, store: Store, refresh_token: str, claim_key: str, deadline: Deadline
+    ) -> Token | None:
+        result_key = self.keys.result(refresh_token)
+        idle = 0.005
+        while True:
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                raise RefreshTimeout(
+                    "timed out waiting for another process's refresh",
+                    retry_after=self.policy.retry_after,
+                )
+            if store.wait_for(result_key, min(remaining, 0.25)) is not None:
+                found = self._adopt(store, refresh_token)
+                if found is not None:
+                    return found
+                # A settled retryable failure sits there: poll gently until it is replaced.
+                time.sleep(min(idle, deadline.remaining()))
+                idle = min(idle * 2, 0.1)
+            info = store.read_claim(claim_key)
+            if info.owner is not None or self._claims_uncertain(store):
+                continue
+            found = self._adopt(store, refresh_token)
+            if found is not None:
+                return found
+            if info.sent_by is not None and self._record(store, refresh_token) is None:
+                raise self._fail(
+                    store,
+                    refresh_token,
+                    RefreshAmbiguous("the process that sent this refresh ended without a result"),
+                )
+            return None
+
+    def _call(
+        self,
+        store: Store,
+        refresh_token: str,
+        deadline: Deadline,
+        on_outcome: OutcomeCallback | None,
+    ) -> Token:
+        budget = deadline.cap(self.policy.provider_timeout)
+        call = _ProviderCall(self, store, refresh_token)
+        threading.Thread(
+            target=call.run, args=(budget,), name="tokenguard-refresh", daemon=True
+        ).start()
+        call.done.wait(budget)
+        with call.lock:
+            if call.outcome is None:
+                call.abandoned = True
+                error = RefreshAmbiguous(f"the token endpoint did not answer within {budget:.1f}s")
+                self._publish(store, refresh_token, error)
+                outcome: Token | RefreshError = error
+            else:
+                outcome = call.outcome
+        if on_outcome is not None:
+            try:
+                if isinstance(outcome, RefreshError):
+                    on_outcome(None, outcome)
+                else:
+                    on_outcome(outcome, None)
+            except Exception:
+                log.exception("a token_refreshed/token_refresh_failed receiver failed")
+        if isinstance(outcome, RefreshError):
+            raise outcome
+        return outcome
+
+    # -- records -----------------------------------------------------------------------------
+
+    def _adopt(self, store: Store, refresh_token: str) -> Token | None:
+        """Follow published successors from ``refresh_token`` to the newest; raise a failure."""
+        newest: Token | None = None
+        current = refresh_token
+        for _ in range(_MAX_CHAIN):
+            record = self._record(store, current)
+            if record is None:
+                break
+            if record["outcome"] != "ok":
+                until = record.get("until")
+                if isinstance(until, (int, float)) and time.time() >= until:
+                    break  # a retryable failure whose hold has passed: try again
+                if newest is None:
+                    raise RefreshError.from_record(record)
+                break  # the successor's own refresh failed; it is still the newest token
+            try:
+                newest = normalize(record.get("token"))
+            except TokenError:
+                log.warning("ignoring a published result without a usable token")
+                break
+            following = newest.get("refresh_token")
+            if not isinstance(following, str) or following == current:
+                break  # a provider that does not rotate
+            current = following
+        return newest
+
+    def _publish(self, store: Store, refresh_token: str, outcome: Token | RefreshError) -> None:
+        key = self.keys.result(refresh_token)
+        if isinstance(outcome, RefreshError):
+            record, ttl = self.codec.failure(outcome), self.policy.publish_ttl(outcome)
+            hold = self.policy.hold(outcome)
+            if hold is not None:
+                record["until"] = record["at"] + hold
+        else:
+            record, ttl = self.codec.success(outcome), self.policy.result_ttl
+        try:
+            store.publish(key, self.codec.encode(key, record), ttl)
+        except StoreUnavailable:
+            # The provider has answered: our own requests still get the outcome.
+            log.error("could not publish a refresh outcome: the shared store is unreachable")
+
+    def _record(self, store: Store, refresh_token: str) -> dict[str, Any] | None:
+        key = self.keys.result(refresh_token)
+        text = store.read(key)
+        return self.codec.decode(key, text) if text is not None else None
+
+    def _fail(self, store: Store, refresh_token: str, error: RefreshError) -> RefreshError:
+        self._publish(store, refresh_token, error)
+        return error
+
+    def _release(self, store: Store, claim_key: str, owner: str) -> None:
+        try:
+            store.release(claim_key, owner)
+        except StoreUnavailable:
+            log.warning("could not release a claim; it expires on its own")
+
+    def _owner(self) -> str:
+        return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:16]}"
+
+    def _claims_uncertain(self, store: Store) -> bool:
+        """After the store lost its state (a Redis restart), claims are unknown for a claim TTL."""
+        if store is not self.store:
+            return False
+        identity = store.identity()
+        now = time.monotonic()
+        with self._state_lock:
+            if identity is not None and self._identity is not None and identity != self._identity:
+                log.warning(
+                    "the shared store restarted; treating claims as held for %.0fs",
+                    self.policy.claim_ttl,
+                )
+                self._uncertain_until = now + self.policy.claim_ttl
+            if identity is not None:
+                self._identity = identity
+            return now < self._uncertain_until
+
+    def describe(self) -> dict[str, Any]:
+        return {"in_flight": len(self.flights), "outage": self._outage}

@@ -1,0 +1,47 @@
+"""Store key names and single-flight keys, derived without ever exposing a token.
+
+A name is a SHA-256 digest over a purpose label and the length-prefixed client id and
+refresh token. A refresh token is a high-entropy secret, so its digest reveals nothing;
+no other secret goes in, so every host computes the same name through a secret rotation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def digest(purpose: str, *parts: str) -> str:
+    """Hex SHA-256 over ``purpose`` and ``parts``, each length-prefixed (no ambiguity on joins)."""
+    h = hashlib.sha256()
+    for item in (purpose, *parts):
+        raw = item.encode("utf-8")
+        h.update(len(raw).to_bytes(8, "big"))
+        h.update(raw)
+    return h.hexdigest()
+
+
+class KeyNames:
+    """The store key names for one client: ``<prefix>:<purpose>:<digest>``."""
+
+    def __init__(self, client_id: str, prefix: str = "tokenguard") -> None:
+        self.client_id = client_id
+        self.prefix = prefix
+
+    def flight(self, refresh_token: str) -> str:
+        """Key of the in-process single flight for this refresh token."""
+        return digest("flight", self.client_id, refresh_token)
+
+    def claim(self, refresh_token: str) -> str:
+        return f"{self.prefix}:claim:{digest('claim', self.client_id, refresh_token)}"
+
+    def result(self, refresh_token: str) -> str:
+        """Where the outcome of refreshing this token is published (success or failure)."""
+        return f"{self.prefix}:result:{digest('result', self.client_id, refresh_token)}"
+
+    def revoked(self, refresh_token: str) -> str:
+        """A logout's tombstone: a refresh that finishes later cannot bring the token back."""
+        return f"{self.prefix}:revoked:{digest('revoked', self.client_id, refresh_token)}"
+
+    def fingerprint(self, refresh_token: str) -> str:
+        """A short, stable, non-secret label for logs and for the session's lost-update guard."""
+        return digest("fingerprint", self.client_id, refresh_token)[:16]

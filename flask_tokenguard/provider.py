@@ -1,0 +1,229 @@
+"""The refresh call to the token endpoint, and the classification of its failures.
+
+The call goes through requests-oauthlib's ``OAuth2Session.refresh_token``, with a
+``refresh_token_response`` compliance hook that sees the real HTTP response before
+oauthlib hides its status. Every failure falls in one of the classes of PROBLEM.md:
+
+* definitive - ``invalid_grant`` with 400/401/403: the token is dead;
+* transient - the provider was not reached, or answered 429/500/503 completely;
+* configuration - any other complete OAuth error (``invalid_client``, ...);
+* ambiguous - everything else, because the provider may have rotated the token.
+
+Each refresh uses a fresh connection: a pooled keep-alive connection the server closed
+while idle fails like a drop after sending, which would turn a harmless retry into an
+ambiguous outcome.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+import urllib3.exceptions
+from oauthlib.oauth2 import BackendApplicationClient, InsecureTransportError
+from requests_oauthlib import OAuth2Session
+
+from .errors import (
+    ProviderConfigurationError,
+    RefreshAmbiguous,
+    RefreshDefinitive,
+    RefreshError,
+    RefreshTransient,
+    TokenError,
+)
+from .token import Token, normalize
+
+_DEFINITIVE_STATUSES = (400, 401, 403)
+_TRANSIENT_STATUSES = (429, 500, 503)
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """How this app authenticates at the token endpoint."""
+
+    client_id: str
+    client_secret: str | None
+    method: str = "client_secret_basic"
+
+    def auth(self) -> tuple[str, str] | None:
+        if self.method == "client_secret_basic" and self.client_secret is not None:
+            return (self.client_id, self.client_secret)
+        return None
+
+    def body(self) -> dict[str, str]:
+        if self.method == "client_secret_post" and self.client_secret is not None:
+            return {"client_id": self.client_id, "client_secret": self.client_secret}
+        if self.method == "none":
+            return {"client_id": self.client_id}
+        return {}
+
+
+def retry_after(response: requests.Response, default: float) -> float:
+    """Seconds from a ``Retry-After`` header (delta or HTTP date), else ``default``."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return default
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return default
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _oauth_error(response: requests.Response) -> str | None:
+    try:
+        body = json.loads(response.text)
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) and error else None
+
+
+def classify_response(
+    response: requests.Response, *, previous_refresh_token: str, default_retry_after: float
+) -> Token:
+    """The new token from a complete response, or the classified :class:`RefreshError`."""
+    status = response.status_code
+    if 200 <= status < 300:
+        try:
+            body = json.loads(response.text)
+            return normalize(body, previous_refresh_token=previous_refresh_token)
+        except (ValueError, TokenError) as exc:
+            # The provider may well have rotated the token: we cannot read the successor.
+            raise RefreshAmbiguous(
+                f"token endpoint answered {status} without a usable token ({exc})", status=status
+            ) from None
+    error = _oauth_error(response)
+    if status in _TRANSIENT_STATUSES:
+        raise RefreshTransient(
+            f"token endpoint answered {status}",
+            status=status,
+            error=error,
+            retry_after=retry_after(response, default_retry_after),
+        )
+    if error == "invalid_grant" and status in _DEFINITIVE_STATUSES:
+        raise RefreshDefinitive(
+            "the refresh token was refused (invalid_grant)", status=status, error=error
+        )
+    if error == "temporarily_unavailable" and 400 <= status < 500:
+        raise RefreshTransient(
+            f"token endpoint answered {status} temporarily_unavailable",
+            status=status,
+            error=error,
+            retry_after=retry_after(response, default_retry_after),
+        )
+    if error is not None and 400 <= status < 500 and error != "server_error":
+        raise ProviderConfigurationError(
+            f"token endpoint refused the refresh: {error} ({status})", status=status, error=error
+        )
+    raise RefreshAmbiguous(f"token endpoint answered {status} without a token", status=status)
+
+
+def _reached(exc: BaseException) -> bool:
+    """Whether the request may have reached the provider before ``exc`` (conservative: True)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(
+            cur, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+        ):
+            return False
+        if isinstance(cur, urllib3.exceptions.MaxRetryError):
+            stack.append(cur.reason)
+        stack.extend(a for a in getattr(cur, "args", ()) if isinstance(a, BaseException))
+        stack.append(cur.__cause__)
+        stack.append(cur.__context__)
+    return True
+
+
+def classify_exception(exc: BaseException) -> RefreshError:
+    """Map an exception raised while calling the token endpoint to an outcome."""
+    if isinstance(exc, RefreshError):
+        return exc
+    if isinstance(exc, InsecureTransportError):
+        return ProviderConfigurationError(
+            "the token URL is http:// and OAUTHLIB_INSECURE_TRANSPORT is not set"
+        )
+    if isinstance(exc, requests.ConnectTimeout):
+        return RefreshTransient("token endpoint did not accept a connection in time")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return RefreshTransient("TLS handshake with the token endpoint failed")
+    if isinstance(exc, requests.ConnectionError) and not _reached(exc):
+        return RefreshTransient("token endpoint could not be reached")
+    if isinstance(exc, requests.ReadTimeout):
+        return RefreshAmbiguous("token endpoint did not answer in time")
+    if isinstance(exc, requests.RequestException):
+        return RefreshAmbiguous(
+            f"connection to the token endpoint failed after sending ({type(exc).__name__})"
+        )
+    return RefreshAmbiguous(f"refresh failed unexpectedly ({type(exc).__name__})")
+
+
+class RefreshClient:
+    """Calls the token endpoint with a refresh token; raises a classified :class:`RefreshError`."""
+
+    def __init__(
+        self,
+        token_url: str,
+        credentials: ClientCredentials,
+        *,
+        default_retry_after: float = 5.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.token_url = token_url
+        self.credentials = credentials
+        self.default_retry_after = default_retry_after
+        self.connect_timeout = connect_timeout
+
+    def refresh(self, refresh_token: str, timeout: float) -> Token:
+        """One refresh, each read bounded by ``timeout``; the caller bounds the whole call."""
+        parsed: list[Token] = []
+
+        def hook(response: requests.Response) -> requests.Response:
+            # Runs before oauthlib parses: the real status is still visible here.
+            parsed.append(
+                classify_response(
+                    response,
+                    previous_refresh_token=refresh_token,
+                    default_retry_after=self.default_retry_after,
+                )
+            )
+            return response
+
+        creds = self.credentials
+        session = OAuth2Session(client=BackendApplicationClient(client_id=creds.client_id))
+        session.register_compliance_hook("refresh_token_response", hook)
+        try:
+            session.refresh_token(
+                self.token_url,
+                refresh_token=refresh_token,
+                auth=creds.auth(),
+                timeout=(min(self.connect_timeout, timeout), timeout),
+                **creds.body(),
+            )
+        except Exception as exc:  # every failure is classified
+            if parsed:
+                # oauthlib refused a reply we already validated (e.g. a changed scope
+                # raises a bare Warning): the refresh did succeed.
+                return parsed[0]
+            raise classify_exception(exc) from None
+        finally:
+            session.close()
+        if not parsed:  # pragma: no cover - the hook always runs on a response
+            raise RefreshAmbiguous("no response was seen")
+        return parsed[0]
+
+    def describe(self) -> dict[str, Any]:
+        return {"token_url": self.token_url, "client_id": self.credentials.client_id}

@@ -1,0 +1,1 @@
+"""Shared stores for claims and published results."""
