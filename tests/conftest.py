@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.provider", "tests.fixtures.services", "tests.fixtures.apps"]
+pytest_plugins = ["tests.fixtures.provider", "tests.fixtures.services", "tests.fixtures.apps", "tests.fixtures.gunicorn"]

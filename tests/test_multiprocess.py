@@ -1,0 +1,171 @@
+"""Ways 2 and 6 of PROBLEM.md: one refresh across gunicorn workers and hosts.
+
+Real gunicorn workers (4 x 8 threads), the strict provider over HTTP, the real Redis or a
+file store; one user's burst of 48 requests with an expired token, five rotations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from .fixtures.apps import burst, new_client
+
+N = 48
+ROTATIONS = 5
+
+pytestmark = pytest.mark.slow
+
+
+def rotations(provider, http, urls, n=N, rounds=ROTATIONS):
+    figures = []
+    for rotation in range(1, rounds + 1):
+        result = burst(http, urls, n)
+        stats = provider.stats()
+        figures.append(
+            (rotation, result.count(200), stats["refreshes"], stats["max_presentations"])
+        )
+        assert result.statuses == [200] * n, f"rotation {rotation}: {result.statuses}"
+        assert stats["refreshes"] == rotation, (
+            f"rotation {rotation}: {stats['refreshes']} refreshes"
+        )
+        assert stats["max_presentations"] == 1
+    assert provider.stats()["families_revoked"] == 0
+    print(f"\nburst figures (rotation, 200s, refreshes so far, max presentations): {figures}")
+
+
+def test_four_workers_share_one_refresh_through_redis(provider, gunicorn, redis_url, redis_prefix):
+    provider.set_faults(refresh_delay=0.3, access_ttl=4)
+    server = gunicorn(
+        f"{redis_url}", TG_CONFIG=json.dumps({"TOKENGUARD_KEY_PREFIX": redis_prefix + "tg"})
+    )
+    http = new_client(server.url, provider.issue(expires_in=0))
+    rotations(provider, http, f"{server.url}/api/profile")
+
+
+def test_two_hosts_share_one_refresh_through_redis(provider, gunicorn, redis_url, redis_prefix):
+    provider.set_faults(refresh_delay=0.3, access_ttl=4)
+    config = json.dumps({"TOKENGUARD_KEY_PREFIX": redis_prefix + "tg"})
+    one = gunicorn(redis_url, workers=2, threads=8, TG_CONFIG=config)
+    two = gunicorn(redis_url, workers=2, threads=8, TG_CONFIG=config)
+    http = new_client(one.url, provider.issue(expires_in=0))
+    rotations(provider, http, [f"{one.url}/api/profile", f"{two.url}/api/profile"])
+
+
+def test_four_workers_share_one_refresh_through_the_file_store(provider, gunicorn, tmp_path):
+    provider.set_faults(refresh_delay=0.3, access_ttl=4)
+    server = gunicorn(f"file://{tmp_path / 'store'}")
+    http = new_client(server.url, provider.issue(expires_in=0))
+    rotations(provider, http, f"{server.url}/api/profile")
+
+
+def test_the_default_store_is_shared_by_the_workers_of_one_host(provider, gunicorn):
+    """No TOKENGUARD_CACHE_URL: the file store under the instance folder."""
+    provider.set_faults(refresh_delay=0.3, access_ttl=4)
+    server = gunicorn("")
+    http = new_client(server.url, provider.issue(expires_in=0))
+    rotations(provider, http, f"{server.url}/api/profile", rounds=2)
+
+
+def _leader(directory: Path, timeout: float = 10) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = list(directory.glob("leader-*"))
+        if found:
+            return int(found[0].read_text())
+        time.sleep(0.02)
+    raise AssertionError("no process became the leader")
+
+
+LEADER_TIMINGS = {
+    "TOKENGUARD_PROVIDER_TIMEOUT": 2,
+    "TOKENGUARD_CLAIM_TTL": 3,
+    "TOKENGUARD_WAIT_TIMEOUT": 6,
+}
+
+
+def test_a_leader_killed_before_sending_is_taken_over(
+    provider, gunicorn, redis_url, redis_prefix, tmp_path
+):
+    provider.set_faults(access_ttl=30)
+    leaders = tmp_path / "leaders"
+    leaders.mkdir()
+    (leaders / "stall").touch()
+    config = {**LEADER_TIMINGS, "TOKENGUARD_KEY_PREFIX": redis_prefix + "tg"}
+    server = gunicorn(redis_url, TG_CONFIG=json.dumps(config), TG_LEADER_DIR=str(leaders))
+    token = provider.issue(expires_in=0)
+    http = new_client(server.url, token)
+
+    import threading
+
+    box = {}
+    runner = threading.Thread(
+        target=lambda: box.setdefault("result", burst(http, f"{server.url}/api/profile", 24))
+    )
+    started = time.monotonic()
+    runner.start()
+    victim = _leader(leaders)
+    os.kill(victim, signal.SIGKILL)
+    (leaders / "stall").unlink()
+    runner.join(30)
+    elapsed = time.monotonic() - started
+    result = box["result"]
+
+    assert provider.presentations(token["refresh_token"]) == 1
+    assert provider.stats()["refreshes"] == 1
+    assert elapsed < LEADER_TIMINGS["TOKENGUARD_WAIT_TIMEOUT"] + 3
+    # The requests served by the killed worker lost their connection; every other one
+    # got the new token from the process that took over.
+    assert result.count(200) >= 1
+    assert all(s in (200, "ConnectionError") for s in result.statuses), result.statuses
+    assert http.get(f"{server.url}/api/profile", timeout=10).status_code == 200
+
+
+def test_a_leader_killed_after_sending_is_never_presented_twice(
+    provider, gunicorn, redis_url, redis_prefix, tmp_path
+):
+    provider.set_faults(refresh_delay=2.5)
+    leaders = tmp_path / "leaders"
+    leaders.mkdir()
+    config = {**LEADER_TIMINGS, "TOKENGUARD_KEY_PREFIX": redis_prefix + "tg"}
+    server = gunicorn(redis_url, TG_CONFIG=json.dumps(config), TG_LEADER_DIR=str(leaders))
+    token = provider.issue(expires_in=0)
+    http = new_client(server.url, token)
+
+    import threading
+
+    box = {}
+    runner = threading.Thread(
+        target=lambda: box.setdefault("result", burst(http, f"{server.url}/api/profile", 24))
+    )
+    started = time.monotonic()
+    runner.start()
+    victim = _leader(leaders)
+    time.sleep(0.5)  # the request is at the provider now
+    os.kill(victim, signal.SIGKILL)
+    runner.join(30)
+    elapsed = time.monotonic() - started
+    result = box["result"]
+
+    assert provider.presentations(token["refresh_token"]) == 1
+    assert elapsed < LEADER_TIMINGS["TOKENGUARD_WAIT_TIMEOUT"] + 3
+    # Ambiguous: nobody may present the token again; the access token has expired.
+    assert all(s in (401, "ConnectionError") for s in result.statuses), result.statuses
+    time.sleep(0.5)
+    stale = new_client(server.url, token)
+    assert stale.get(f"{server.url}/api/profile", timeout=10).status_code == 401
+    assert provider.presentations(token["refresh_token"]) == 1
+    # No claim is left without an expiry.
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=f"{redis_prefix}*"):
+            assert client.pttl(key) > 0, key
+    finally:
+        client.close()
