@@ -92,10 +92,14 @@ class _ProviderCall:
     call later succeed after all, its result replaces that record, so later requests heal.
     """
 
-    def __init__(self, coordinator: Coordinator, store: Store, refresh_token: str) -> None:
+    def __init__(
+        self, coordinator: Coordinator, store: Store, refresh_token: str, *, defer: bool = False
+    ) -> None:
         self.coordinator = coordinator
         self.store = store
         self.refresh_token = refresh_token
+        #: leave an ambiguous outcome unpublished: the leader may retry inside the grace window
+        self.defer = defer
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.outcome: Token | RefreshError | None = None
@@ -114,6 +118,8 @@ class _ProviderCall:
             self.outcome = outcome
             if self.abandoned and isinstance(outcome, RefreshError):
                 pass  # the ambiguous record the leader published stays
+            elif self.defer and isinstance(outcome, RefreshAmbiguous) and not self.abandoned:
+                pass  # the leader decides: retry inside the provider's grace, or publish
             else:
                 self.coordinator._publish(self.store, self.refresh_token, outcome)
                 if self.abandoned:
@@ -317,20 +323,38 @@ class Coordinator:
         deadline: Deadline,
         on_outcome: OutcomeCallback | None,
     ) -> Token:
-        budget = deadline.cap(self.policy.provider_timeout)
-        call = _ProviderCall(self, store, refresh_token)
-        threading.Thread(
-            target=call.run, args=(budget,), name="tokenguard-refresh", daemon=True
-        ).start()
-        call.done.wait(budget)
-        with call.lock:
-            if call.outcome is None:
-                call.abandoned = True
-                error = RefreshAmbiguous(f"the token endpoint did not answer within {budget:.1f}s")
-                self._publish(store, refresh_token, error)
-                outcome: Token | RefreshError = error
-            else:
+        started = time.monotonic()
+        grace = self.policy.provider_grace
+        attempts = 2 if grace > 0 else 1
+        for attempt in range(attempts):
+            budget = deadline.cap(self.policy.provider_timeout)
+            may_retry = attempt + 1 < attempts
+            call = _ProviderCall(self, store, refresh_token, defer=may_retry)
+            threading.Thread(
+                target=call.run, args=(budget,), name="tokenguard-refresh", daemon=True
+            ).start()
+            call.done.wait(budget)
+            with call.lock:
+                if call.outcome is None:
+                    call.abandoned = True
+                    error = RefreshAmbiguous(
+                        f"the token endpoint did not answer within {budget:.1f}s"
+                    )
+                    self._publish(store, refresh_token, error)
+                    outcome: Token | RefreshError = error
+                    break  # never resend while the first request may still be in flight
                 outcome = call.outcome
+            if not (may_retry and isinstance(outcome, RefreshAmbiguous)):
+                break
+            if time.monotonic() - started < grace and deadline.remaining() >= _MIN_SEND_BUDGET:
+                log.warning(
+                    "refresh outcome unknown; retrying once inside the provider's grace"
+                    " window (TOKENGUARD_PROVIDER_GRACE=%g)",
+                    grace,
+                )
+                continue
+            self._publish(store, refresh_token, outcome)
+            break
         if on_outcome is not None:
             try:
                 if isinstance(outcome, RefreshError):
