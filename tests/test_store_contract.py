@@ -185,9 +185,7 @@ def test_claim_race_between_threads(store: Store, store_spec: StoreSpec) -> None
     assert store.read_claim(store_spec.key("claim", "threads-0")).owner == f"thread-{winner}"
 
 
-def _race_worker(
-    spec: StoreSpec, index: int, trials: int, barrier: Any, results: Any
-) -> None:
+def _race_worker(spec: StoreSpec, index: int, trials: int, barrier: Any, results: Any) -> None:
     store = spec.open()
     try:
         for trial in range(trials):
@@ -637,7 +635,7 @@ def test_redis_values_are_text_not_pickle(redis_url: str, redis_prefix: str) -> 
     store = RedisStore(redis_url)
     raw = redis.Redis.from_url(redis_url)
     try:
-        store.publish(redis_prefix + "v", "!{\"a\": 1}", 30)
+        store.publish(redis_prefix + "v", '!{"a": 1}', 30)
         assert raw.get(redis_prefix + "v") == b'!{"a": 1}'
         assert store.read(redis_prefix + "v") == '!{"a": 1}'
         assert 0 < raw.ttl(redis_prefix + "v") <= 30
@@ -763,7 +761,7 @@ def test_file_store_sweeps_expired_files(tmp_path: Path) -> None:
         assert store.claim("tgtest:held", "alice", 30)
         time.sleep(0.1)
         assert store.sweep() == 3
-        left = sorted(p.name for p in (tmp_path / "store").iterdir() if p.is_file())
+        left = sorted(p.name for p in (tmp_path / "store").iterdir() if p.name[0] != ".")
         assert left == ["tgtest:held.claim", "tgtest:keep"]
     finally:
         store.close()
@@ -811,10 +809,9 @@ def test_file_claims_are_not_inherited_by_a_fork(tmp_path: Path) -> None:
     try:
         assert store.read_claim(key).owner == "parent"
         os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
-        child.join(5)
         assert eventually(lambda: store.claim(key, "heir", 5), 0.5), "the fork kept the claim"
     finally:
-        os.kill(grandchild, signal.SIGKILL)
+        os.kill(grandchild, signal.SIGKILL)  # first: it holds the child's join sentinel too
         with pytest.raises(ChildProcessError):
             os.waitpid(grandchild, 0)  # not our child: reaped by init
         queue.close()

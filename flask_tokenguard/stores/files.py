@@ -43,6 +43,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -57,6 +58,7 @@ _MAX_RECORD = 4 * 1024 * 1024
 _CLAIM, _MARK = ".claim", ".sent"
 _TMP = ".tmp."
 _LOCKS = ".locks"
+_IDENTITY = ".identity"
 
 _T = TypeVar("_T")
 
@@ -168,7 +170,18 @@ class FileStore(Store):
         return self.directory / file_name(key)
 
     def _make_dirs(self) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)  # mode applies to the leaf only
         os.makedirs(self.directory / _LOCKS, mode=0o700, exist_ok=True)
+        if not (self.directory / _IDENTITY).exists():
+            # Create-if-absent with its content in place: link() never overwrites.
+            fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=self.directory)
+            try:
+                os.write(fd, uuid.uuid4().hex.encode("ascii"))
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, self.directory / _IDENTITY)
+            finally:
+                os.close(fd)
+                _unlink(Path(tmp))
 
     def _io(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn``; recreate a vanished directory once; any OSError -> StoreUnavailable."""
@@ -437,9 +450,16 @@ class FileStore(Store):
         self._io(run)
 
     def identity(self) -> str | None:
-        """The directory's device and inode: they change if the directory is replaced."""
-        st = self._io(lambda: os.stat(self.directory))
-        return f"{st.st_dev}:{st.st_ino}"
+        """A random id written when the directory is created: a wiped store gets a new one."""
+
+        def run() -> str:
+            try:
+                return (self.directory / _IDENTITY).read_text("ascii").strip()
+            except FileNotFoundError:
+                self._make_dirs()
+                return (self.directory / _IDENTITY).read_text("ascii").strip()
+
+        return self._io(run)
 
     def close(self) -> None:
         """Give up the claims this instance holds (their records free at once) and forget them."""

@@ -129,7 +129,7 @@ class MemcachedStore(Store):
         self._lock = threading.Lock()
         self._client: tuple[int, PooledClient] | None = None
         self._orphans: list[Any] = []
-        self._identity: tuple[str, float] | None = None
+        self._identity: tuple[str | None, float] | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemcachedStore:
@@ -249,11 +249,16 @@ class MemcachedStore(Store):
         cached = self._identity
         if cached is not None and now - cached[1] < self.identity_ttl:
             return cached[0]
-        stats = self._call(lambda c: c.stats())
         try:
-            value = f"{stats[b'pid']}@{int(stats[b'time']) - int(stats[b'uptime'])}"
+            stats = self._call(lambda c: c.stats())
+        except StoreUnavailable:
+            raise
+        except StoreError:
+            stats = {}  # "stats" refused (a proxy): restarts cannot be noticed
+        try:
+            value: str | None = f"{stats[b'pid']}@{int(stats[b'time']) - int(stats[b'uptime'])}"
         except (KeyError, TypeError, ValueError):
-            return None
+            value = None
         self._identity = (value, now)
         return value
 

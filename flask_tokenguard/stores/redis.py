@@ -31,6 +31,7 @@ loaded before gunicorn forks (``--preload``) never shares a socket between worke
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -46,7 +47,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -54,8 +55,9 @@ from ..errors import StoreError, StoreUnavailable
 from .base import ClaimInfo, Store, check_ttl
 from .uri import redact
 
-#: Errors that mean "Redis could not be reached or did not answer in time".
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+#: Errors that mean "Redis could not be reached or did not answer in time": a write may or
+#: may not have happened.
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # KEYS[1] claim key; ARGV[1] owner.
 _RELEASE = """
@@ -156,7 +158,7 @@ class RedisStore(Store):
         self._lock = threading.Lock()
         self._conn: _Conn | None = None
         self._orphans: list[_Conn] = []
-        self._identity: tuple[str, float] | None = None
+        self._identity: tuple[str | None, float] | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -208,6 +210,13 @@ class RedisStore(Store):
     def _unavailable(exc: BaseException) -> StoreUnavailable:
         return StoreUnavailable(f"Redis unreachable: {type(exc).__name__}: {exc}")
 
+    @staticmethod
+    def _refused(exc: RedisError) -> StoreError:
+        """Redis answered with an error: nothing was written."""
+        if isinstance(exc, ReadOnlyError):  # a replica (e.g. mid-failover): not usable now
+            return StoreUnavailable(f"Redis is read-only: {exc}")
+        return StoreError(f"Redis refused: {type(exc).__name__}: {exc}")
+
     # -- Store ------------------------------------------------------------------------------
 
     def claim(self, key: str, owner: str, ttl: float) -> bool:
@@ -218,7 +227,7 @@ class RedisStore(Store):
         except _UNREACHABLE as exc:
             first: BaseException = exc
         except RedisError as exc:
-            raise StoreError(f"Redis refused the claim: {exc}") from exc
+            raise self._refused(exc) from exc
         # The SET may or may not have run: settle it by reading the owner back. No owner means
         # it did not run (or already expired); another owner means we lost.
         try:
@@ -226,7 +235,7 @@ class RedisStore(Store):
         except _UNREACHABLE as exc:
             raise self._unavailable(first) from exc
         except RedisError as exc:
-            raise StoreError(f"Redis refused the read-back: {exc}") from exc
+            raise self._refused(exc) from exc
         return current is not None and _text(current) == owner
 
     def mark_sent(self, key: str, owner: str, ttl: float) -> bool:
@@ -237,14 +246,14 @@ class RedisStore(Store):
         except _UNREACHABLE as exc:
             first: BaseException = exc
         except RedisError as exc:
-            raise StoreError(f"Redis refused the mark: {exc}") from exc
+            raise self._refused(exc) from exc
         # Lost answer: the mark is ours only if it reads back as ours.
         try:
             current = conn.client.get(key + MARK_SUFFIX)
         except _UNREACHABLE as exc:
             raise self._unavailable(first) from exc
         except RedisError as exc:
-            raise StoreError(f"Redis refused the read-back: {exc}") from exc
+            raise self._refused(exc) from exc
         if current is not None and _text(current) == owner:
             return True
         raise self._unavailable(first)
@@ -261,12 +270,11 @@ class RedisStore(Store):
         if not isinstance(value, str):
             raise TypeError(f"values are text, not {type(value).__name__}")
 
-        def run(c: _Conn) -> None:
-            c.cache.set(key, value, timeout=seconds)
-            if self.notify:
-                c.client.publish(key, b"1")
-
-        self._call(run)
+        self._call(lambda c: c.cache.set(key, value, timeout=seconds))
+        if self.notify:
+            # Only a wake-up: the value is stored, and waiters re-read it every 0.25 s anyway.
+            with contextlib.suppress(RedisError, OSError):
+                self._connection().client.publish(key, b"1")
 
     def read(self, key: str) -> str | None:
         value = self._call(lambda c: c.cache.get(key))
@@ -310,7 +318,10 @@ class RedisStore(Store):
         except _UNREACHABLE as exc:
             raise self._unavailable(exc) from exc
         except RedisError as exc:
-            raise StoreError(f"Redis refused: {exc}") from exc
+            if isinstance(exc, ReadOnlyError) or not isinstance(exc, ResponseError):
+                raise self._refused(exc) from exc
+        # Pub/sub refused (an ACL without it, a proxy): poll for the time that is left.
+        return super().wait_for(key, end - time.monotonic())
 
     def identity(self) -> str | None:
         """Redis's ``run_id``: it changes on every restart of the server (cached briefly)."""
@@ -318,11 +329,15 @@ class RedisStore(Store):
         cached = self._identity
         if cached is not None and now - cached[1] < self.identity_ttl:
             return cached[0]
-        info = self._call(lambda c: c.client.info("server"))
+        try:
+            info = self._call(lambda c: c.client.info("server"))
+        except StoreUnavailable:
+            raise
+        except StoreError:
+            info = None  # INFO refused (a proxy, an ACL): restarts cannot be noticed
         run_id = info.get("run_id") if isinstance(info, dict) else None
         value = _text(run_id)
-        if value is not None:
-            self._identity = (value, now)
+        self._identity = (value, now)
         return value
 
     def close(self) -> None:
@@ -340,7 +355,7 @@ class RedisStore(Store):
         except _UNREACHABLE as exc:
             raise self._unavailable(exc) from exc
         except RedisError as exc:
-            raise StoreError(f"Redis refused: {exc}") from exc
+            raise self._refused(exc) from exc
 
     def __repr__(self) -> str:
         return f"RedisStore({redact(self.url)!r})"
