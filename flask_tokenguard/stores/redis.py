@@ -25,6 +25,11 @@ replaced: values are stored as UTF-8 text and read back by decoding, never by pi
 (cachelib's ``RedisSerializer`` unpickles anything that starts with ``!``). cachelib counts
 expiries in whole seconds, so a value's ttl is rounded up to the next second.
 
+:meth:`publish` also PUBLISHes a wake-up on a channel named after the key, and
+:meth:`wait_for` subscribes to it (one short-lived pub/sub connection per wait), so waiters
+in every process wake within milliseconds instead of on their next poll. Where an ACL or a
+proxy refuses pub/sub, waiters poll.
+
 The client is created lazily and again in a forked child (``os.getpid()`` changes), so an app
 loaded before gunicorn forks (``--preload``) never shares a socket between workers.
 """
@@ -292,6 +297,9 @@ class RedisStore(Store):
         if not self.notify:
             return super().wait_for(key, timeout)
         end = time.monotonic() + max(0.0, timeout)
+        value = self.read(key)  # the common case needs no subscription
+        if value is not None or timeout <= 0:
+            return value
         conn = self._connection()
         try:
             pubsub = conn.client.pubsub(  # type: ignore[no-untyped-call]
