@@ -34,7 +34,7 @@ from .errors import (
     RefreshError,
     RefreshTimeout,
     RefreshTransient,
-    StoreUnavailable,
+    StoreError,
     TokenError,
 )
 from .keys import KeyNames
@@ -158,7 +158,7 @@ class Coordinator:
         """The newest token for ``token``, and whether this call refreshed at the provider.
 
         Raises a :class:`RefreshError` subclass (the same one for every request that shared
-        the refresh) or :class:`StoreUnavailable` when the store is down and the fallback is
+        the refresh) or :class:`StoreError` when the store fails and the fallback is
         closed.
         """
         refresh_token = token.get("refresh_token")
@@ -185,7 +185,7 @@ class Coordinator:
         for store in self._stores():
             try:
                 found = self._adopt(store, refresh_token)
-            except (RefreshError, StoreUnavailable):
+            except (RefreshError, StoreError):
                 continue
             if found is not None:
                 return found
@@ -199,7 +199,7 @@ class Coordinator:
                 store.publish(
                     key, self.codec.encode(key, {"outcome": "revoked"}), self.policy.result_ttl
                 )
-            except StoreUnavailable:
+            except StoreError:
                 log.warning("could not record a logout in the shared store")
 
     def is_revoked(self, refresh_token: str) -> bool:
@@ -207,7 +207,7 @@ class Coordinator:
             try:
                 key = self.keys.revoked(refresh_token)
                 text = store.read(key)
-            except StoreUnavailable:
+            except StoreError:
                 continue
             if text is not None and self.codec.decode(key, text) is not None:
                 return True
@@ -223,7 +223,7 @@ class Coordinator:
     ) -> tuple[Token, bool]:
         try:
             result = self._protocol(self.store, refresh_token, deadline, on_outcome)
-        except StoreUnavailable:
+        except StoreError:
             if self.policy.store_fallback != "process":
                 raise
             with self._state_lock:
@@ -295,7 +295,7 @@ class Coordinator:
                     "timed out waiting for another process's refresh",
                     retry_after=self.policy.retry_after,
                 )
-            if store.wait_for(result_key, min(remaining, 0.25)) is not None:
+            if store.wait_for(result_key, min(remaining, 1.0)) is not None:
                 found = self._adopt(store, refresh_token)
                 if found is not None:
                     return found
@@ -406,7 +406,7 @@ class Coordinator:
             record, ttl = self.codec.success(outcome), self.policy.result_ttl
         try:
             store.publish(key, self.codec.encode(key, record), ttl)
-        except StoreUnavailable:
+        except StoreError:
             # The provider has answered: our own requests still get the outcome.
             log.error("could not publish a refresh outcome: the shared store is unreachable")
 
@@ -422,27 +422,33 @@ class Coordinator:
     def _release(self, store: Store, claim_key: str, owner: str) -> None:
         try:
             store.release(claim_key, owner)
-        except StoreUnavailable:
+        except StoreError:
             log.warning("could not release a claim; it expires on its own")
 
     def _owner(self) -> str:
         return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:16]}"
 
     def _claims_uncertain(self, store: Store) -> bool:
-        """After the store lost its state (a Redis restart), claims are unknown for a claim TTL."""
+        """Whether the store may have forgotten claims that are still held.
+
+        After a restart (a server younger than a claim's ttl) or a failover (the server's
+        identity changed), a claim taken now could run beside one taken before: until one
+        claim ttl has passed, claims count as held and this process waits for results.
+        """
         if store is not self.store:
             return False
+        ttl = self.policy.claim_ttl
+        uptime = store.uptime()
         identity = store.identity()
         now = time.monotonic()
         with self._state_lock:
             if identity is not None and self._identity is not None and identity != self._identity:
-                log.warning(
-                    "the shared store restarted; treating claims as held for %.0fs",
-                    self.policy.claim_ttl,
-                )
-                self._uncertain_until = now + self.policy.claim_ttl
+                log.warning("the shared store restarted or failed over; claims count as held")
+                self._uncertain_until = now + ttl
             if identity is not None:
                 self._identity = identity
+            if uptime is not None and uptime < ttl:
+                self._uncertain_until = max(self._uncertain_until, now + ttl - uptime)
             return now < self._uncertain_until
 
     def describe(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from .errors import (
     RefreshAmbiguous,
     RefreshDefinitive,
     RefreshError,
-    StoreUnavailable,
+    StoreError,
     TokenError,
     TokenGuardError,
 )
@@ -83,7 +83,7 @@ class TokenGuard:
     def __init__(self, app: Flask | None = None) -> None:
         self._unauthorized: Callable[[], ResponseReturnValue] | None = None
         self._unavailable: (
-            Callable[[RefreshError | StoreUnavailable], ResponseReturnValue] | None
+            Callable[[RefreshError | StoreError], ResponseReturnValue] | None
         ) = None
         if app is not None:
             self.init_app(app)
@@ -169,8 +169,8 @@ class TokenGuard:
         return callback
 
     def unavailable_handler(
-        self, callback: Callable[[RefreshError | StoreUnavailable], ResponseReturnValue]
-    ) -> Callable[[RefreshError | StoreUnavailable], ResponseReturnValue]:
+        self, callback: Callable[[RefreshError | StoreError], ResponseReturnValue]
+    ) -> Callable[[RefreshError | StoreError], ResponseReturnValue]:
         """Replace the 503 response for "try again later" (transient, timeout, store down)."""
         self._unavailable = callback
         return callback
@@ -187,7 +187,7 @@ class TokenGuard:
         response.status_code = 401
         return response
 
-    def unavailable(self, error: RefreshError | StoreUnavailable) -> ResponseReturnValue:
+    def unavailable(self, error: RefreshError | StoreError) -> ResponseReturnValue:
         if self._unavailable is not None:
             return cast(ResponseReturnValue, current_app.ensure_sync(self._unavailable)(error))
         retry = getattr(error, "retry_after", None) or self._state().settings.retry_after
@@ -340,7 +340,7 @@ class TokenGuard:
             state.tokens.mark(session, STATE_AMBIGUOUS)
             request_state.error = exc
             request_state.record = state.tokens.peek(session)
-        except (RefreshError, StoreUnavailable) as exc:
+        except (RefreshError, StoreError) as exc:
             log.warning("refresh not done (%s); the token is kept", exc)
             request_state.error = exc
         else:
@@ -406,7 +406,7 @@ class TokenGuard:
                 self._drop(request_state, error or RefreshAmbiguous("sign-in required again"))
                 return self.unauthorized()
             return None
-        if expired and isinstance(error, (RefreshError, StoreUnavailable)):
+        if expired and isinstance(error, (RefreshError, StoreError)):
             return self.unavailable(error)
         if expired:
             # Nothing could refresh it (there is no refresh token): sign in again.

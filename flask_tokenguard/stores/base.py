@@ -99,6 +99,14 @@ class Store(abc.ABC):
             time.sleep(min(delay, left))
             delay = min(delay * 2, 0.05)
 
+    def uptime(self) -> float | None:
+        """Seconds since the store last lost its state (a server start); None if it never does.
+
+        A server younger than a claim's ttl may have forgotten claims that are still held, so
+        the coordinator treats claims as held until it is older (Redis, Memcached).
+        """
+        return None
+
     def identity(self) -> str | None:
         """A value that changes when the store loses its state (Redis ``run_id``).
 

@@ -117,7 +117,7 @@ class MemcachedStore(Store):
         *,
         connect_timeout: float = 0.5,
         timeout: float = 0.5,
-        identity_ttl: float = 1.0,
+        identity_ttl: float = 0.05,
         max_pool_size: int | None = None,
     ) -> None:
         self.host = host
@@ -129,7 +129,7 @@ class MemcachedStore(Store):
         self._lock = threading.Lock()
         self._client: tuple[int, PooledClient] | None = None
         self._orphans: list[Any] = []
-        self._identity: tuple[str | None, float] | None = None
+        self._identity: tuple[str | None, float | None, float] | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemcachedStore:
@@ -245,10 +245,18 @@ class MemcachedStore(Store):
 
     def identity(self) -> str | None:
         """memcached's pid and start time: both change when the server restarts."""
+        return self._server()[0]
+
+    def uptime(self) -> float | None:
+        """memcached's ``uptime``, advanced by the time since it was read."""
+        _identity, uptime, read_at = self._server()
+        return None if uptime is None else uptime + (time.monotonic() - read_at)
+
+    def _server(self) -> tuple[str | None, float | None, float]:
         now = time.monotonic()
         cached = self._identity
-        if cached is not None and now - cached[1] < self.identity_ttl:
-            return cached[0]
+        if cached is not None and now - cached[2] < self.identity_ttl:
+            return cached
         try:
             stats = self._call(lambda c: c.stats())
         except StoreUnavailable:
@@ -256,11 +264,13 @@ class MemcachedStore(Store):
         except StoreError:
             stats = {}  # "stats" refused (a proxy): restarts cannot be noticed
         try:
+            uptime: float | None = float(int(stats[b"uptime"]))
             value: str | None = f"{stats[b'pid']}@{int(stats[b'time']) - int(stats[b'uptime'])}"
         except (KeyError, TypeError, ValueError):
-            value = None
-        self._identity = (value, now)
-        return value
+            value, uptime = None, None
+        result = (value, uptime, now)
+        self._identity = result
+        return result
 
     def close(self) -> None:
         with self._lock:

@@ -149,7 +149,7 @@ class RedisStore(Store):
         *,
         connect_timeout: float = 0.5,
         socket_timeout: float = 0.5,
-        identity_ttl: float = 1.0,
+        identity_ttl: float = 0.05,
         notify: bool = True,
         **client_options: Any,
     ) -> None:
@@ -163,7 +163,7 @@ class RedisStore(Store):
         self._lock = threading.Lock()
         self._conn: _Conn | None = None
         self._orphans: list[_Conn] = []
-        self._identity: tuple[str | None, float] | None = None
+        self._identity: tuple[str | None, float | None, float] | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -332,11 +332,20 @@ class RedisStore(Store):
         return super().wait_for(key, end - time.monotonic())
 
     def identity(self) -> str | None:
-        """Redis's ``run_id``: it changes on every restart of the server (cached briefly)."""
+        """Redis's ``run_id``: it changes on every restart of the server."""
+        return self._server()[0]
+
+    def uptime(self) -> float | None:
+        """Redis's ``uptime_in_seconds``, advanced by the time since it was read."""
+        run_id, uptime, read_at = self._server()
+        del run_id
+        return None if uptime is None else uptime + (time.monotonic() - read_at)
+
+    def _server(self) -> tuple[str | None, float | None, float]:
         now = time.monotonic()
         cached = self._identity
-        if cached is not None and now - cached[1] < self.identity_ttl:
-            return cached[0]
+        if cached is not None and now - cached[2] < self.identity_ttl:
+            return cached
         try:
             info = self._call(lambda c: c.client.info("server"))
         except StoreUnavailable:
@@ -344,8 +353,10 @@ class RedisStore(Store):
         except StoreError:
             info = None  # INFO refused (a proxy, an ACL): restarts cannot be noticed
         run_id = info.get("run_id") if isinstance(info, dict) else None
-        value = _text(run_id)
-        self._identity = (value, now)
+        raw_uptime = info.get("uptime_in_seconds") if isinstance(info, dict) else None
+        uptime = float(raw_uptime) if isinstance(raw_uptime, (int, float)) else None
+        value = (_text(run_id), uptime, now)
+        self._identity = value
         return value
 
     def close(self) -> None:
