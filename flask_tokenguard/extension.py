@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -24,6 +26,7 @@ from .coordinator import Coordinator, Policy
 from .deadline import Deadline
 from .errors import (
     ConfigurationError,
+    ProviderConfigurationError,
     RefreshAmbiguous,
     RefreshDefinitive,
     RefreshError,
@@ -82,9 +85,7 @@ class TokenGuard:
 
     def __init__(self, app: Flask | None = None) -> None:
         self._unauthorized: Callable[[], ResponseReturnValue] | None = None
-        self._unavailable: (
-            Callable[[RefreshError | StoreError], ResponseReturnValue] | None
-        ) = None
+        self._unavailable: Callable[[RefreshError | StoreError], ResponseReturnValue] | None = None
         if app is not None:
             self.init_app(app)
 
@@ -137,6 +138,12 @@ class TokenGuard:
             store=store,
         )
         install_redaction()
+        if not store.shared and _looks_multiprocess():
+            log.warning(
+                "%s=simple:// coordinates the threads of one process only, and this server"
+                " runs several: use file:// (one host) or redis:// (several hosts)",
+                ConfigKeys.CACHE_URL,
+            )
         app.before_request(self._before_request)
         app.after_request(self._after_request)
 
@@ -340,6 +347,9 @@ class TokenGuard:
             state.tokens.mark(session, STATE_AMBIGUOUS)
             request_state.error = exc
             request_state.record = state.tokens.peek(session)
+        except ProviderConfigurationError as exc:
+            log.error("the provider refused this client (%s): check the client settings", exc)
+            request_state.error = exc
         except (RefreshError, StoreError) as exc:
             log.warning("refresh not done (%s); the token is kept", exc)
             request_state.error = exc
@@ -424,3 +434,12 @@ class TokenGuard:
         except TokenError:
             return None
         return value if isinstance(value, str) else None
+
+
+def _looks_multiprocess() -> bool:
+    """A best guess that this app is served by several worker processes."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    workers = os.environ.get("WEB_CONCURRENCY", "")
+    return any(name in argv0 for name in ("gunicorn", "uwsgi")) or (
+        workers.isdigit() and int(workers) > 1
+    )

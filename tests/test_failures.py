@@ -184,3 +184,30 @@ def test_an_unreachable_provider_is_transient(provider, guarded):
     assert reply.status_code == 503
     assert reply.json()["outcome"] == "transient"
     assert session_token(http, base)["refresh_token"] == token["refresh_token"]
+
+
+def test_token_refresh_failed_is_sent_once_per_failed_provider_call(provider, tmp_path):
+    from flask_tokenguard import RefreshDefinitive, token_refresh_failed
+
+    from .fixtures.apps import make_app
+    from .fixtures.servers import serve
+
+    app = make_app(provider, str(tmp_path))
+    seen = []
+
+    def receiver(sender, error):
+        seen.append((sender, error))
+
+    token_refresh_failed.connect(receiver, app)
+    try:
+        with serve(app) as base:
+            token = provider.issue(expires_in=0)
+            provider.revoke(token["refresh_token"])
+            provider.set_faults(refresh_delay=0.2)
+            http = new_client(base, token)
+            assert burst(http, f"{base}/api/profile", 8).statuses == [401] * 8
+    finally:
+        token_refresh_failed.disconnect(receiver, app)
+    assert len(seen) == 1
+    assert seen[0][0] is app
+    assert isinstance(seen[0][1], RefreshDefinitive)

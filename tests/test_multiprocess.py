@@ -48,6 +48,17 @@ def test_four_workers_share_one_refresh_through_redis(provider, gunicorn, redis_
     rotations(provider, http, f"{server.url}/api/profile")
 
 
+def test_preloaded_workers_each_get_their_own_store_client(
+    provider, gunicorn, redis_url, redis_prefix
+):
+    """gunicorn --preload forks after init_app: store clients must be created after the fork."""
+    provider.set_faults(refresh_delay=0.3, access_ttl=4)
+    config = json.dumps({"TOKENGUARD_KEY_PREFIX": redis_prefix + "tg"})
+    server = gunicorn(redis_url, preload=True, TG_CONFIG=config)
+    http = new_client(server.url, provider.issue(expires_in=0))
+    rotations(provider, http, f"{server.url}/api/profile", rounds=2)
+
+
 def test_two_hosts_share_one_refresh_through_redis(provider, gunicorn, redis_url, redis_prefix):
     provider.set_faults(refresh_delay=0.3, access_ttl=4)
     config = json.dumps({"TOKENGUARD_KEY_PREFIX": redis_prefix + "tg"})
