@@ -590,6 +590,28 @@ def test_redis_identity_changes_when_redis_restarts(private_redis: Any) -> None:
         store.close()
 
 
+def test_uptime_says_how_long_ago_a_server_lost_its_state(
+    private_redis: Any, memcached_url: str
+) -> None:
+    """The coordinator treats claims as held while the server is younger than a claim ttl."""
+    from flask_tokenguard.stores.memcached import MemcachedStore
+    from flask_tokenguard.stores.redis import RedisStore
+
+    redis_store = RedisStore(private_redis.url, identity_ttl=0.0)
+    memcached_store = MemcachedStore.from_url(memcached_url)
+    try:
+        time.sleep(2.1)
+        before = redis_store.uptime()
+        assert before is not None and before >= 2.0
+        private_redis.restart()
+        after = redis_store.uptime()
+        assert after is not None and after < 1.5
+        assert (memcached_store.uptime() or 0) >= 0
+    finally:
+        redis_store.close()
+        memcached_store.close()
+
+
 def test_redis_identity_is_cached_briefly(private_redis: Any) -> None:
     from flask_tokenguard.stores.redis import RedisStore
 

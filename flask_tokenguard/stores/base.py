@@ -116,3 +116,35 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+class ServerStore(Store):
+    """A store on a server that forgets everything when it restarts (Redis, Memcached).
+
+    Subclasses read the server's identity and uptime in :meth:`_read_server`; this caches the
+    pair for ``identity_ttl`` seconds, so the two questions cost one round trip.
+    """
+
+    identity_ttl: float = 0.05
+    _server_state: tuple[str | None, float | None, float] | None = None
+
+    @abc.abstractmethod
+    def _read_server(self) -> tuple[str | None, float | None]:
+        """The server's identity and uptime in seconds (None where it will not say)."""
+
+    def _server(self) -> tuple[str | None, float | None, float]:
+        now = time.monotonic()
+        cached = self._server_state
+        if cached is not None and now - cached[2] < self.identity_ttl:
+            return cached
+        identity, uptime = self._read_server()
+        self._server_state = (identity, uptime, now)
+        return self._server_state
+
+    def identity(self) -> str | None:
+        return self._server()[0]
+
+    def uptime(self) -> float | None:
+        """The server's uptime, advanced by the time since it was read."""
+        _identity, uptime, read_at = self._server()
+        return None if uptime is None else uptime + (time.monotonic() - read_at)

@@ -33,7 +33,6 @@ import hashlib
 import math
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -42,7 +41,7 @@ from pymemcache.client.base import PooledClient
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
 from ..errors import StoreError, StoreUnavailable
-from .base import ClaimInfo, Store, check_ttl
+from .base import ClaimInfo, ServerStore, check_ttl
 
 MARK_SUFFIX = ":sent"
 #: Written over a released claim; no owner is ever this value.
@@ -99,7 +98,7 @@ def parse_memcached_url(url: str) -> tuple[str, int]:
     return host, parts.port or 11211  # .port raises ValueError on a bad port
 
 
-class MemcachedStore(Store):
+class MemcachedStore(ServerStore):
     """A store on one memcached server (see the module docstring for what it guarantees).
 
     :param connect_timeout: seconds to open a connection.
@@ -129,7 +128,7 @@ class MemcachedStore(Store):
         self._lock = threading.Lock()
         self._client: tuple[int, PooledClient] | None = None
         self._orphans: list[Any] = []
-        self._identity: tuple[str | None, float | None, float] | None = None
+        self._server_state = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemcachedStore:
@@ -149,7 +148,7 @@ class MemcachedStore(Store):
                 if current is not None:
                     # Inherited from the parent: its locks and sockets are not ours to touch.
                     self._orphans.append(current[1])
-                    self._identity = None
+                    self._server_state = None
                 client = PooledClient(
                     (self.host, self.port),
                     connect_timeout=self.connect_timeout,
@@ -243,34 +242,19 @@ class MemcachedStore(Store):
     def forget(self, key: str) -> None:
         self._call(lambda c: c.delete(_mkey(key), noreply=False))
 
-    def identity(self) -> str | None:
-        """memcached's pid and start time: both change when the server restarts."""
-        return self._server()[0]
-
-    def uptime(self) -> float | None:
-        """memcached's ``uptime``, advanced by the time since it was read."""
-        _identity, uptime, read_at = self._server()
-        return None if uptime is None else uptime + (time.monotonic() - read_at)
-
-    def _server(self) -> tuple[str | None, float | None, float]:
-        now = time.monotonic()
-        cached = self._identity
-        if cached is not None and now - cached[2] < self.identity_ttl:
-            return cached
+    def _read_server(self) -> tuple[str | None, float | None]:
+        """memcached's pid and start time (both change on a restart), and its uptime."""
         try:
             stats = self._call(lambda c: c.stats())
         except StoreUnavailable:
             raise
         except StoreError:
-            stats = {}  # "stats" refused (a proxy): restarts cannot be noticed
+            return None, None  # "stats" refused (a proxy): restarts cannot be noticed
         try:
-            uptime: float | None = float(int(stats[b"uptime"]))
-            value: str | None = f"{stats[b'pid']}@{int(stats[b'time']) - int(stats[b'uptime'])}"
+            uptime = int(stats[b"uptime"])
+            return f"{stats[b'pid']}@{int(stats[b'time']) - uptime}", float(uptime)
         except (KeyError, TypeError, ValueError):
-            value, uptime = None, None
-        result = (value, uptime, now)
-        self._identity = result
-        return result
+            return None, None
 
     def close(self) -> None:
         with self._lock:

@@ -57,7 +57,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..errors import StoreError, StoreUnavailable
-from .base import ClaimInfo, Store, check_ttl
+from .base import ClaimInfo, ServerStore, check_ttl
 from .uri import redact
 
 #: Errors that mean "Redis could not be reached or did not answer in time": a write may or
@@ -130,7 +130,7 @@ class _Conn:
     mark: Script
 
 
-class RedisStore(Store):
+class RedisStore(ServerStore):
     """A store on one Redis server (see the module docstring for what it guarantees).
 
     :param url: ``redis://[[user]:password@]host:port/db`` or ``rediss://...``.
@@ -163,7 +163,7 @@ class RedisStore(Store):
         self._lock = threading.Lock()
         self._conn: _Conn | None = None
         self._orphans: list[_Conn] = []
-        self._identity: tuple[str | None, float | None, float] | None = None
+        self._server_state = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -197,7 +197,7 @@ class RedisStore(Store):
                     # Inherited from the parent: its pool's locks and sockets are not ours to
                     # touch, so it is kept (never used, never closed) rather than collected.
                     self._orphans.append(conn)
-                self._identity = None
+                self._server_state = None
                 client = self._new_client()
                 cache = RedisCache(host=client, default_timeout=300)
                 cache.serializer = TextSerializer()
@@ -331,33 +331,20 @@ class RedisStore(Store):
         # Pub/sub refused (an ACL without it, a proxy): poll for the time that is left.
         return super().wait_for(key, end - time.monotonic())
 
-    def identity(self) -> str | None:
-        """Redis's ``run_id``: it changes on every restart of the server."""
-        return self._server()[0]
-
-    def uptime(self) -> float | None:
-        """Redis's ``uptime_in_seconds``, advanced by the time since it was read."""
-        run_id, uptime, read_at = self._server()
-        del run_id
-        return None if uptime is None else uptime + (time.monotonic() - read_at)
-
-    def _server(self) -> tuple[str | None, float | None, float]:
-        now = time.monotonic()
-        cached = self._identity
-        if cached is not None and now - cached[2] < self.identity_ttl:
-            return cached
+    def _read_server(self) -> tuple[str | None, float | None]:
+        """``run_id`` (new on every restart) and ``uptime_in_seconds``, from ``INFO server``."""
         try:
             info = self._call(lambda c: c.client.info("server"))
         except StoreUnavailable:
             raise
         except StoreError:
-            info = None  # INFO refused (a proxy, an ACL): restarts cannot be noticed
-        run_id = info.get("run_id") if isinstance(info, dict) else None
-        raw_uptime = info.get("uptime_in_seconds") if isinstance(info, dict) else None
-        uptime = float(raw_uptime) if isinstance(raw_uptime, (int, float)) else None
-        value = (_text(run_id), uptime, now)
-        self._identity = value
-        return value
+            return None, None  # INFO refused (a proxy, an ACL): restarts cannot be noticed
+        if not isinstance(info, dict):
+            return None, None
+        uptime = info.get("uptime_in_seconds")
+        return _text(info.get("run_id")), (
+            float(uptime) if isinstance(uptime, (int, float)) else None
+        )
 
     def close(self) -> None:
         with self._lock:
