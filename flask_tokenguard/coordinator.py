@@ -295,7 +295,7 @@ class Coordinator:
                     "timed out waiting for another process's refresh",
                     retry_after=self.policy.retry_after,
                 )
-            if store.wait_for(result_key, min(remaining, 1.0)) is not None:
+            if store.wait_for(result_key, min(remaining, 0.5)) is not None:
                 found = self._adopt(store, refresh_token)
                 if found is not None:
                     return found

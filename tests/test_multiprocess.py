@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from .fixtures.apps import burst, new_client
 
@@ -100,20 +102,20 @@ LEADER_TIMINGS = {
 }
 
 
-def test_a_leader_killed_before_sending_is_taken_over(
-    provider, gunicorn, redis_url, redis_prefix, tmp_path
-):
-    provider.set_faults(access_ttl=30)
+def kill_the_leader(provider, gunicorn, redis_url, redis_prefix, tmp_path, *, before_send):
+    """A burst of 24 during which the worker about to send the refresh is SIGKILLed.
+
+    ``before_send``: the leader is stalled just before it marks its claim "sent", and killed
+    there; otherwise it is killed while the provider holds its request.
+    """
     leaders = tmp_path / "leaders"
     leaders.mkdir()
-    (leaders / "stall").touch()
+    if before_send:
+        (leaders / "stall").touch()
     config = {**LEADER_TIMINGS, "TOKENGUARD_KEY_PREFIX": redis_prefix + "tg"}
     server = gunicorn(redis_url, TG_CONFIG=json.dumps(config), TG_LEADER_DIR=str(leaders))
     token = provider.issue(expires_in=0)
     http = new_client(server.url, token)
-
-    import threading
-
     box = {}
     runner = threading.Thread(
         target=lambda: box.setdefault("result", burst(http, f"{server.url}/api/profile", 24))
@@ -121,12 +123,22 @@ def test_a_leader_killed_before_sending_is_taken_over(
     started = time.monotonic()
     runner.start()
     victim = _leader(leaders)
+    if not before_send:
+        time.sleep(0.5)  # the request is at the provider now
     os.kill(victim, signal.SIGKILL)
-    (leaders / "stall").unlink()
+    if before_send:
+        (leaders / "stall").unlink()
     runner.join(30)
-    elapsed = time.monotonic() - started
-    result = box["result"]
+    return server, http, token, box["result"], time.monotonic() - started
 
+
+def test_a_leader_killed_before_sending_is_taken_over(
+    provider, gunicorn, redis_url, redis_prefix, tmp_path
+):
+    provider.set_faults(access_ttl=30)
+    server, http, token, result, elapsed = kill_the_leader(
+        provider, gunicorn, redis_url, redis_prefix, tmp_path, before_send=True
+    )
     assert provider.presentations(token["refresh_token"]) == 1
     assert provider.stats()["refreshes"] == 1
     assert elapsed < LEADER_TIMINGS["TOKENGUARD_WAIT_TIMEOUT"] + 3
@@ -141,28 +153,9 @@ def test_a_leader_killed_after_sending_is_never_presented_twice(
     provider, gunicorn, redis_url, redis_prefix, tmp_path
 ):
     provider.set_faults(refresh_delay=2.5)
-    leaders = tmp_path / "leaders"
-    leaders.mkdir()
-    config = {**LEADER_TIMINGS, "TOKENGUARD_KEY_PREFIX": redis_prefix + "tg"}
-    server = gunicorn(redis_url, TG_CONFIG=json.dumps(config), TG_LEADER_DIR=str(leaders))
-    token = provider.issue(expires_in=0)
-    http = new_client(server.url, token)
-
-    import threading
-
-    box = {}
-    runner = threading.Thread(
-        target=lambda: box.setdefault("result", burst(http, f"{server.url}/api/profile", 24))
+    server, _http, token, result, elapsed = kill_the_leader(
+        provider, gunicorn, redis_url, redis_prefix, tmp_path, before_send=False
     )
-    started = time.monotonic()
-    runner.start()
-    victim = _leader(leaders)
-    time.sleep(0.5)  # the request is at the provider now
-    os.kill(victim, signal.SIGKILL)
-    runner.join(30)
-    elapsed = time.monotonic() - started
-    result = box["result"]
-
     assert provider.presentations(token["refresh_token"]) == 1
     assert elapsed < LEADER_TIMINGS["TOKENGUARD_WAIT_TIMEOUT"] + 3
     # Ambiguous: nobody may present the token again; the access token has expired.
@@ -172,8 +165,6 @@ def test_a_leader_killed_after_sending_is_never_presented_twice(
     assert stale.get(f"{server.url}/api/profile", timeout=10).status_code == 401
     assert provider.presentations(token["refresh_token"]) == 1
     # No claim is left without an expiry.
-    import redis
-
     client = redis.Redis.from_url(redis_url)
     try:
         for key in client.scan_iter(match=f"{redis_prefix}*"):
