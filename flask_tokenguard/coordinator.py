@@ -105,10 +105,13 @@ class _ProviderCall:
         self.outcome: Token | RefreshError | None = None
         self.abandoned = False
 
-    def run(self, budget: float) -> None:
+    def run(self) -> None:
         outcome: Token | RefreshError
         try:
-            outcome = self.coordinator.client.refresh(self.refresh_token, budget)
+            # Each read may take the provider timeout even when the leader's own deadline is
+            # shorter: an answer that lands after the leader gave up is still published.
+            timeout = self.coordinator.policy.provider_timeout
+            outcome = self.coordinator.client.refresh(self.refresh_token, timeout)
         except RefreshError as exc:
             outcome = exc
         except Exception as exc:  # never let a bug leave waiters hanging
@@ -330,9 +333,7 @@ class Coordinator:
             budget = deadline.cap(self.policy.provider_timeout)
             may_retry = attempt + 1 < attempts
             call = _ProviderCall(self, store, refresh_token, defer=may_retry)
-            threading.Thread(
-                target=call.run, args=(budget,), name="tokenguard-refresh", daemon=True
-            ).start()
+            threading.Thread(target=call.run, name="tokenguard-refresh", daemon=True).start()
             call.done.wait(budget)
             with call.lock:
                 if call.outcome is None:

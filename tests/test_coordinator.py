@@ -1,0 +1,98 @@
+"""The coordinator as a plain class: no Flask, the real provider, an in-memory store."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from flask_tokenguard.coordinator import Coordinator, Policy
+from flask_tokenguard.deadline import Deadline
+from flask_tokenguard.errors import RefreshAmbiguous, RefreshTimeout
+from flask_tokenguard.keys import KeyNames
+from flask_tokenguard.provider import ClientCredentials, RefreshClient
+from flask_tokenguard.records import RecordCodec
+from flask_tokenguard.sealing import Sealer
+from flask_tokenguard.stores.memory import MemoryStore
+
+
+@pytest.fixture
+def coordinator(provider):
+    def make(**policy):
+        client = RefreshClient(
+            provider.token_url, ClientCredentials(provider.client_id, provider.client_secret)
+        )
+        return Coordinator(
+            client,
+            MemoryStore(),
+            KeyNames(provider.client_id),
+            RecordCodec(Sealer(["secret"], "store")),
+            Policy(**{"provider_timeout": 2, "claim_ttl": 3, **policy}),
+        )
+
+    return make
+
+
+def test_a_waiter_whose_deadline_passes_gets_its_own_error(provider, coordinator):
+    provider.set_faults(refresh_delay=1.5)
+    guard = coordinator()
+    token = provider.issue(expires_in=0)
+    leader = threading.Thread(target=lambda: guard.refresh(token, Deadline(10)))
+    leader.start()
+    while len(guard.flights) == 0:
+        time.sleep(0.005)
+    with pytest.raises(RefreshTimeout):
+        guard.refresh(token, Deadline(0.3))
+    leader.join()
+    assert len(guard.flights) == 0
+    assert provider.stats()["refreshes"] == 1
+
+
+def test_late_arrivals_follow_the_chain_without_calling_the_provider(provider, coordinator):
+    guard = coordinator()
+    rt0 = provider.issue(expires_in=0)
+    rt1, called = guard.refresh(rt0, Deadline(5))
+    assert called
+    rt2, called = guard.refresh(rt1, Deadline(5))
+    assert called
+    newest, called = guard.refresh(rt0, Deadline(5))
+    assert not called
+    assert newest["refresh_token"] == rt2["refresh_token"]
+    assert provider.stats()["refreshes"] == 2
+    assert provider.stats()["max_presentations"] == 1
+
+
+def test_a_refresh_that_outlives_its_deadline_is_published_when_it_lands(provider, coordinator):
+    """Abandoned as ambiguous at the deadline; the late success still heals later requests."""
+    provider.set_faults(hang=1, hang_seconds=1.5)
+    guard = coordinator(provider_timeout=3, claim_ttl=4)
+    token = provider.issue(expires_in=0)
+    started = time.monotonic()
+    with pytest.raises(RefreshAmbiguous):
+        guard.refresh(token, Deadline(1.0))  # this request cannot wait for the provider
+    assert time.monotonic() - started < 1.4  # the request's deadline, not the provider's pace
+    time.sleep(1.2)  # the provider answers meanwhile
+    healed, called = guard.refresh(token, Deadline(5))
+    assert not called
+    assert provider.userinfo(healed["access_token"]).status_code == 200
+    assert provider.presentations(token["refresh_token"]) == 1
+
+
+def test_the_signal_callback_runs_once_in_the_leader(provider, coordinator):
+    provider.set_faults(refresh_delay=0.3)
+    guard = coordinator()
+    token = provider.issue(expires_in=0)
+    seen = []
+    threads = [
+        threading.Thread(
+            target=lambda: guard.refresh(token, Deadline(5), lambda t, e: seen.append((t, e)))
+        )
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 1
+    assert seen[0][1] is None
