@@ -298,8 +298,9 @@ class Coordinator:
                     "timed out waiting for another process's refresh",
                     retry_after=self.policy.retry_after,
                 )
-            if store.wait_for(result_key, min(remaining, 0.5)) is not None:
-                found = self._adopt(store, refresh_token)
+            text = store.wait_for(result_key, min(remaining, 0.5))
+            if text is not None:
+                found = self._adopt(store, refresh_token, text)
                 if found is not None:
                     return found
                 # A settled retryable failure sits there: poll gently until it is replaced.
@@ -370,12 +371,16 @@ class Coordinator:
 
     # -- records -----------------------------------------------------------------------------
 
-    def _adopt(self, store: Store, refresh_token: str) -> Token | None:
-        """Follow published successors from ``refresh_token`` to the newest; raise a failure."""
+    def _adopt(self, store: Store, refresh_token: str, text: str | None = None) -> Token | None:
+        """Follow published successors from ``refresh_token`` to the newest; raise a failure.
+
+        ``text``: the entry under ``refresh_token``'s result key, when the caller just read it.
+        """
         newest: Token | None = None
         current = refresh_token
         for _ in range(_MAX_CHAIN):
-            record = self._record(store, current)
+            record = self._record(store, current, text)
+            text = None
             if record is None:
                 break
             if record["outcome"] != "ok":
@@ -411,9 +416,12 @@ class Coordinator:
             # The provider has answered: our own requests still get the outcome.
             log.error("could not publish a refresh outcome: the shared store is unreachable")
 
-    def _record(self, store: Store, refresh_token: str) -> dict[str, Any] | None:
+    def _record(
+        self, store: Store, refresh_token: str, text: str | None = None
+    ) -> dict[str, Any] | None:
         key = self.keys.result(refresh_token)
-        text = store.read(key)
+        if text is None:
+            text = store.read(key)
         return self.codec.decode(key, text) if text is not None else None
 
     def _fail(self, store: Store, refresh_token: str, error: RefreshError) -> RefreshError:

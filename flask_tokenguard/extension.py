@@ -40,7 +40,7 @@ from .logs import install_redaction
 from .provider import ClientCredentials, RefreshClient
 from .records import RecordCodec
 from .sealing import Sealer
-from .session import STATE_AMBIGUOUS, Record, SessionTokens
+from .session import STATE_AMBIGUOUS, STATE_OK, Record, SessionTokens
 from .signals import token_refresh_failed, token_refreshed
 from .stores.base import Store
 from .stores.uri import store_from_uri
@@ -75,6 +75,8 @@ class _AppState:
     coordinator: Coordinator
     login: LoginFlow
     store: Store
+    #: endpoint -> whether the hook skips it (an endpoint's view and blueprints never change)
+    exempt: dict[str | None, bool] = field(default_factory=dict)
 
 
 class TokenGuard:
@@ -218,7 +220,11 @@ class TokenGuard:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if request.method == "OPTIONS":
                 return current_app.ensure_sync(view)(*args, **kwargs)
-            denied = self._verdict(self.refresh_if_needed())
+            state = self._state()
+            request_state = self._refresh(state)
+            if request_state.token is None and request_state.record is not None:
+                self._open(state, request_state)  # a blob that does not open is no token
+            denied = self._verdict(state, request_state)
             if denied is not None:
                 return denied
             return current_app.ensure_sync(view)(*args, **kwargs)
@@ -228,13 +234,11 @@ class TokenGuard:
     @property
     def token(self) -> Token | None:
         """The current request's token (opened from the session), or None."""
-        state = self.refresh_if_needed()
-        if state.token is None and state.record is not None and state.error is None:
-            try:
-                state.token = self._state().tokens.open(session, state.record)
-            except TokenError as exc:
-                self._drop(state, exc)
-        return state.token
+        state = self._state()
+        request_state = self._refresh(state)
+        if request_state.token is None and request_state.record is not None:
+            self._open(state, request_state)
+        return request_state.token
 
     @property
     def error(self) -> TokenGuardError | None:
@@ -265,18 +269,19 @@ class TokenGuard:
 
     def store_token(self, token: Token) -> None:
         """Put a token in the session (after a login of your own, for instance)."""
-        state = self._state()
-        state.tokens.save(session, token)
         request_state = self._request_state()
-        request_state.token, request_state.error = token, None
-        request_state.record = state.tokens.peek(session)
+        self._keep(self._state(), request_state, token)
+        request_state.error = None
         request_state.initial_refresh_token = token.get("refresh_token")
 
     def logout(self) -> None:
         """Remove the token; a refresh still in flight elsewhere will not bring it back."""
         state = self._state()
         request_state = self._request_state()
-        for refresh_token in {request_state.initial_refresh_token, self._session_refresh_token()}:
+        for refresh_token in {
+            request_state.initial_refresh_token,
+            self._session_refresh_token(state),
+        }:
             if refresh_token:
                 state.coordinator.revoke(refresh_token)
         state.tokens.clear(session)
@@ -291,40 +296,47 @@ class TokenGuard:
             setattr(g, _G, state)
         return state
 
-    def _is_exempt(self, settings: Settings) -> bool:
+    @staticmethod
+    def _is_exempt(state: _AppState) -> bool:
         endpoint = request.endpoint
-        if endpoint is None or endpoint == "static" or endpoint.endswith(".static"):
-            return True
-        if endpoint in settings.exempt or any(bp in settings.exempt for bp in request.blueprints):
-            return True
-        view = current_app.view_functions.get(endpoint)
-        return bool(getattr(view, _EXEMPT_ATTR, False))
+        exempt = state.exempt.get(endpoint)
+        if exempt is None:
+            view = current_app.view_functions.get(endpoint) if endpoint else None
+            exempt = state.exempt[endpoint] = (
+                endpoint is None
+                or endpoint == "static"
+                or endpoint.endswith(".static")
+                or endpoint in state.settings.exempt
+                or any(bp in state.settings.exempt for bp in request.blueprints)
+                or bool(getattr(view, _EXEMPT_ATTR, False))
+            )
+        return exempt
 
     def _before_request(self) -> None:
-        settings = self._state().settings
-        if settings.auto_refresh and not self._is_exempt(settings):
-            self.refresh_if_needed()
+        state = self._state()
+        if state.settings.auto_refresh and not self._is_exempt(state):
+            self._refresh(state)
 
     def refresh_if_needed(self) -> RequestState:
         """Bring the session's token up to date, once per request (the hook calls this)."""
+        return self._refresh(self._state())
+
+    def _refresh(self, state: _AppState) -> RequestState:
         request_state = self._request_state()
         if request_state.checked:
             return request_state
         request_state.checked = True
-        state = self._state()
         try:
             record = request_state.record = state.tokens.peek(session)
         except TokenError as exc:
-            self._drop(request_state, exc)
+            self._drop(state, request_state, exc)
             return request_state
         if record is None or not is_due(record.exp, state.settings.leeway):
             return request_state  # the fast path: no I/O, nothing opened
         if record.state == STATE_AMBIGUOUS:
             return request_state  # never presented again; the access token serves until expiry
-        try:
-            token = request_state.token = state.tokens.open(session, record)
-        except TokenError as exc:
-            self._drop(request_state, exc)
+        token = self._open(state, request_state)
+        if token is None:
             return request_state
         request_state.initial_refresh_token = token.get("refresh_token")
         if not request_state.initial_refresh_token:
@@ -341,12 +353,11 @@ class TokenGuard:
         try:
             new, _called = state.coordinator.refresh(token, request_state.deadline, announce)
         except RefreshDefinitive as exc:
-            self._drop(request_state, exc)
+            self._drop(state, request_state, exc)
         except RefreshAmbiguous as exc:
             log.warning("refresh outcome unknown (%s): this refresh token is not used again", exc)
-            state.tokens.mark(session, STATE_AMBIGUOUS)
+            self._keep(state, request_state, token, STATE_AMBIGUOUS)
             request_state.error = exc
-            request_state.record = state.tokens.peek(session)
         except ProviderConfigurationError as exc:
             log.error("the provider refused this client (%s): check the client settings", exc)
             request_state.error = exc
@@ -355,11 +366,10 @@ class TokenGuard:
             request_state.error = exc
         else:
             if state.coordinator.is_revoked(token["refresh_token"]):
-                self._drop(request_state, RefreshDefinitive("signed out during the refresh"))
+                self._drop(state, request_state, RefreshDefinitive("signed out during the refresh"))
                 return request_state
-            state.tokens.save(session, new)
-            request_state.token, request_state.refreshed = new, True
-            request_state.record = state.tokens.peek(session)
+            self._keep(state, request_state, new)
+            request_state.refreshed = True
         return request_state
 
     def _after_request(self, response: Response) -> Response:
@@ -368,21 +378,26 @@ class TokenGuard:
         Costs I/O only when the session's token is inside its refresh window (only then can
         someone else have refreshed it) or when this request refreshed.
         """
-        request_state = g.get(_G)
         state = self._state()
+        raw = session.get(state.tokens.key)
+        if raw is None:
+            return response
+        request_state = g.get(_G)
+        refreshed = isinstance(request_state, RequestState) and request_state.refreshed
+        exp = raw.get("exp") if isinstance(raw, dict) else None
+        if (
+            not refreshed
+            and isinstance(exp, (int, float))
+            and not is_due(exp, state.settings.leeway)
+        ):
+            return response
         try:
             record = state.tokens.peek(session)
-        except TokenError:
-            return response
-        if record is None or record.state == STATE_AMBIGUOUS:
-            return response
-        refreshed = isinstance(request_state, RequestState) and request_state.refreshed
-        if not refreshed and not is_due(record.exp, state.settings.leeway):
-            return response
-        try:
+            if record is None or record.state == STATE_AMBIGUOUS:
+                return response
             token = state.tokens.open(session, record)
         except TokenError:
-            return response
+            return response  # the next request discards it, with a log line
         current = token.get("refresh_token")
         if not isinstance(current, str):
             return response
@@ -397,14 +412,32 @@ class TokenGuard:
             state.tokens.save(session, newest)
         return response
 
-    def _drop(self, request_state: RequestState, error: TokenGuardError) -> None:
+    def _open(self, state: _AppState, request_state: RequestState) -> Token | None:
+        """Open the session's token (once per request); a blob that does not open is dropped."""
+        if request_state.token is None and request_state.record is not None:
+            try:
+                request_state.token = state.tokens.open(session, request_state.record)
+            except TokenError as exc:
+                self._drop(state, request_state, exc)
+        return request_state.token
+
+    @staticmethod
+    def _keep(
+        state: _AppState, request_state: RequestState, token: Token, mark: str = STATE_OK
+    ) -> None:
+        state.tokens.save(session, token, state=mark)
+        request_state.token = token
+        request_state.record = state.tokens.peek(session)
+
+    @staticmethod
+    def _drop(state: _AppState, request_state: RequestState, error: TokenGuardError) -> None:
         if isinstance(error, TokenError):
             log.warning("discarding the session's token: %s", error)
-        self._state().tokens.clear(session)
+        state.tokens.clear(session)
         request_state.error = error
         request_state.record = request_state.token = None
 
-    def _verdict(self, request_state: RequestState) -> ResponseReturnValue | None:
+    def _verdict(self, state: _AppState, request_state: RequestState) -> ResponseReturnValue | None:
         """None when the view may run; else the response that ends the request."""
         record = request_state.record
         error = request_state.error
@@ -413,19 +446,20 @@ class TokenGuard:
         expired = is_expired(record.exp)
         if record.state == STATE_AMBIGUOUS:
             if expired:
-                self._drop(request_state, error or RefreshAmbiguous("sign-in required again"))
+                self._drop(
+                    state, request_state, error or RefreshAmbiguous("sign-in required again")
+                )
                 return self.unauthorized()
             return None
         if expired and isinstance(error, (RefreshError, StoreError)):
             return self.unavailable(error)
         if expired:
             # Nothing could refresh it (there is no refresh token): sign in again.
-            self._drop(request_state, RefreshDefinitive("the access token expired"))
+            self._drop(state, request_state, RefreshDefinitive("the access token expired"))
             return self.unauthorized()
         return None
 
-    def _session_refresh_token(self) -> str | None:
-        state = self._state()
+    def _session_refresh_token(self, state: _AppState) -> str | None:
         try:
             record = state.tokens.peek(session)
             if record is None:

@@ -19,19 +19,20 @@ NOISY_LOGGERS = (
     "requests_oauthlib.oauth2_auth",
 )
 
-_REDACTED = "[redacted by flask_tokenguard]"
+_REDACTED = "[arguments redacted by flask_tokenguard]"
 
 
 class RedactArguments(logging.Filter):
-    """Keep the record (its message template says what happened), drop its arguments."""
+    """Keep the record (its template says what happened), drop its arguments.
+
+    The template is not %-formatted afterwards, so ``%d`` and the like stay harmless.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
-            if isinstance(record.args, dict):
-                record.args = {k: _REDACTED for k in record.args}
-            else:
-                record.args = tuple(_REDACTED for _ in record.args)
-        elif record.levelno < logging.WARNING and not isinstance(record.msg, str):
+            record.msg = f"{record.msg} {_REDACTED}"
+            record.args = ()
+        elif not isinstance(record.msg, str):
             record.msg = _REDACTED
         return True
 

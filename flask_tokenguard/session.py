@@ -4,7 +4,8 @@ The session holds a small record: the readable part the fast path needs (the acc
 token's expiry, a fingerprint of the refresh token, a state) and the token itself, sealed.
 A request whose token is far from expiry reads two numbers and opens nothing.
 
-The seal's associated data binds the blob to its readable part and to a random id kept
+The seal's associated data binds the blob to its readable part (expiry, fingerprint, state:
+an "ambiguous" mark cannot be edited back to "ok") and to a random id kept
 beside the record in the same session, so a blob edited, moved between fields, or swapped
 in from another user's session does not open.
 """
@@ -101,12 +102,6 @@ class SessionTokens:
         }
         _modified(session)
 
-    def mark(self, session: MutableMapping[str, Any], state: str) -> None:
-        raw = session.get(self.key)
-        if isinstance(raw, dict) and raw.get("st") != state:
-            session[self.key] = {**raw, "st": state}
-            _modified(session)
-
     def clear(self, session: MutableMapping[str, Any]) -> None:
         if self.key in session:
             del session[self.key]
@@ -115,7 +110,7 @@ class SessionTokens:
     def _aad(self, session: MutableMapping[str, Any], record: Record) -> bytes:
         sid = session.get(self.sid_key)
         exp = "" if record.exp is None else repr(float(record.exp))
-        return f"tokenguard-session|{sid}|{record.fingerprint}|{exp}".encode()
+        return f"tokenguard-session|{sid}|{record.fingerprint}|{exp}|{record.state}".encode()
 
 
 def _modified(session: MutableMapping[str, Any]) -> None:
