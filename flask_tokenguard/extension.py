@@ -54,7 +54,7 @@ _G = "_tokenguard"
 _EXEMPT_ATTR = "_tokenguard_exempt"
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestState:
     """What this request learned about its token (kept on ``g``)."""
 
@@ -125,7 +125,7 @@ class TokenGuard:
                 store_fallback=settings.store_fallback,
             ),
         )
-        app.extensions[EXTENSION_KEY] = _AppState(
+        state = app.extensions[EXTENSION_KEY] = _AppState(
             settings=settings,
             tokens=SessionTokens(settings.session_key, Sealer(secrets, "session"), keys),
             coordinator=coordinator,
@@ -146,8 +146,9 @@ class TokenGuard:
                 " runs several: use file:// (one host) or redis:// (several hosts)",
                 ConfigKeys.CACHE_URL,
             )
-        app.before_request(self._before_request)
-        app.after_request(self._after_request)
+        # The hooks get this app's state bound in: no lookup through current_app per request.
+        app.before_request(functools.partial(self._before_request, state))
+        app.after_request(functools.partial(self._after_request, state))
 
     @staticmethod
     def _secrets(app: Flask, settings: Settings) -> list[str | bytes]:
@@ -312,8 +313,7 @@ class TokenGuard:
             )
         return exempt
 
-    def _before_request(self) -> None:
-        state = self._state()
+    def _before_request(self, state: _AppState) -> None:
         if state.settings.auto_refresh and not self._is_exempt(state):
             self._refresh(state)
 
@@ -372,13 +372,12 @@ class TokenGuard:
             request_state.refreshed = True
         return request_state
 
-    def _after_request(self, response: Response) -> Response:
+    def _after_request(self, state: _AppState, response: Response) -> Response:
         """The lost-update guard: never let this response store a token older than the newest.
 
         Costs I/O only when the session's token is inside its refresh window (only then can
         someone else have refreshed it) or when this request refreshed.
         """
-        state = self._state()
         raw = session.get(state.tokens.key)
         if raw is None:
             return response

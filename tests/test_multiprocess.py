@@ -139,14 +139,16 @@ def test_a_leader_killed_before_sending_is_taken_over(
     server, http, token, result, elapsed = kill_the_leader(
         provider, gunicorn, redis_url, redis_prefix, tmp_path, before_send=True
     )
+    assert elapsed < LEADER_TIMINGS["TOKENGUARD_WAIT_TIMEOUT"] + 3
+    # The requests the killed worker had accepted lost their connection (gunicorn does not
+    # spread connections evenly: it may have taken all of them); every other one got the
+    # new token from the process that took over.
+    assert all(s in (200, "ConnectionError") for s in result.statuses), result.statuses
+    # Whoever comes next takes over the expired claim, or adopts the takeover's result.
+    follow = burst(http, f"{server.url}/api/profile", 8)
+    assert follow.statuses == [200] * 8
     assert provider.presentations(token["refresh_token"]) == 1
     assert provider.stats()["refreshes"] == 1
-    assert elapsed < LEADER_TIMINGS["TOKENGUARD_WAIT_TIMEOUT"] + 3
-    # The requests served by the killed worker lost their connection; every other one
-    # got the new token from the process that took over.
-    assert result.count(200) >= 1
-    assert all(s in (200, "ConnectionError") for s in result.statuses), result.statuses
-    assert http.get(f"{server.url}/api/profile", timeout=10).status_code == 200
 
 
 def test_a_leader_killed_after_sending_is_never_presented_twice(
