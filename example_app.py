@@ -1,0 +1,533 @@
+"""The flask-tokenguard example: a page that fires parallel requests at an expiring token.
+
+``python example_app.py`` serves http://127.0.0.1:5000 (``PORT`` overrides) with no
+configuration: it starts the bundled strict demo provider on another local port, keeps the
+extension's shared store and the sessions in files under the instance folder, and creates a
+secret key there. ``gunicorn example_app:app`` serves the same app from the environment, with
+a provider that runs on its own; see docs/EXAMPLE.md.
+
+Two routes call the same protected API: ``/api/profile`` through the extension (one refresh
+per refresh token, however many requests race), and ``/api/profile-naive``, which refreshes
+the way requests-oauthlib's documentation shows, so a burst of it presents one refresh token
+many times and the strict provider revokes the whole token family.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from cachelib.file import FileSystemCache
+from cachelib.serializers import JSONSerializer
+from cryptography.fernet import Fernet, InvalidToken
+from flask import Flask, current_app, jsonify, redirect, render_template, session, url_for
+from flask.typing import ResponseReturnValue
+from flask_session import Session
+from flask_session.base import Serializer
+from oauthlib.oauth2 import OAuth2Error
+from requests_oauthlib import OAuth2Session
+from werkzeug.serving import WSGIRequestHandler
+
+from flask_tokenguard import ConfigurationError, LoginError, TokenGuard
+
+#: Configuration keys without which the app cannot work, as ``from_prefixed_env`` names them.
+REQUIRED = ("TOKENGUARD_TOKEN_URL", "TOKENGUARD_AUTHORIZE_URL", "EXAMPLE_API_URL")
+ENV_PREFIX = "FLASK_"
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+DEFAULTS: Mapping[str, Any] = {
+    # The demo provider's published client; a real provider needs FLASK_TOKENGUARD_CLIENT_*.
+    "TOKENGUARD_CLIENT_ID": "demo-client",
+    "TOKENGUARD_CLIENT_SECRET": "demo-secret",
+    # The extension's default (60 s) is longer than the demo's 20 s tokens.
+    "TOKENGUARD_LEEWAY": 5,
+    # The provider's counters: None derives <provider>/_admin/stats for a demo provider on
+    # this host; "" turns them off.
+    "EXAMPLE_PROVIDER_STATS_URL": None,
+    # How many parallel requests the page's burst buttons send, by default.
+    "EXAMPLE_BURST": 20,
+    "EXAMPLE_API_TIMEOUT": 10,
+    "SESSION_COOKIE_SAMESITE": "Lax",
+    "SESSION_KEY_PREFIX": "tokenguard-example:session:",
+}
+
+#: The provider counters the page shows (``/_admin/stats`` of the demo provider).
+STAT_KEYS = (
+    "refresh_requests",
+    "refreshes",
+    "max_presentations",
+    "reuse_detected",
+    "families_revoked",
+    "invalid_grants",
+    "code_exchanges",
+)
+
+#: The example's own session keys (the extension keeps its token under its own key).
+USER_KEY = "example_user"
+NAIVE_KEY = "example_naive_token"
+
+guard = TokenGuard()
+
+
+# -- the app ------------------------------------------------------------------------------------
+
+
+def create_app(
+    config: Mapping[str, Any] | None = None, *, instance_path: str | None = None
+) -> Flask:
+    """Build the app from ``FLASK_*`` environment variables, then ``config`` on top.
+
+    Raises :class:`ConfigurationError` naming every required variable that is missing.
+    ``instance_path`` (or ``EXAMPLE_INSTANCE_PATH``) is where the secret key, the shared store
+    and the sessions live; by default the ``instance/`` folder next to this file.
+    """
+    instance_path = instance_path or os.environ.get("EXAMPLE_INSTANCE_PATH") or None
+    app = Flask(
+        __name__,
+        instance_path=os.path.abspath(instance_path) if instance_path else None,
+        template_folder="example_templates",
+    )
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env()  # FLASK_<KEY> -> <KEY>
+    app.config.update(config or {})
+    missing = [key for key in REQUIRED if not app.config.get(key)]
+    if missing:
+        names = ", ".join(ENV_PREFIX + key for key in missing)
+        raise ConfigurationError(
+            f"example_app needs {names}: the provider's endpoints and the API to call. Run"
+            " `python example_app.py` for the bundled demo provider, or start one with"
+            " `python -m flask_tokenguard.demo_provider --port 5001` (see docs/EXAMPLE.md)."
+        )
+    os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
+    _secret_key(app)
+    _allow_loopback_http(app)
+    if app.config["EXAMPLE_PROVIDER_STATS_URL"] is None:
+        app.config["EXAMPLE_PROVIDER_STATS_URL"] = _demo_stats_url(app.config)
+    _sessions(app)
+    guard.init_app(app)
+    app.extensions["tokenguard_example"] = NaiveTokens(app.config["SECRET_KEY"])
+    for rule, view in (
+        ("/", index),
+        ("/login", login),
+        ("/callback", callback),
+        ("/logout", logout),
+        ("/api/profile", profile),
+        ("/api/profile-naive", profile_naive),
+        ("/api/status", status),
+        ("/api/provider-stats", provider_stats),
+    ):
+        app.add_url_rule(rule, view_func=view)
+    return app
+
+
+def _secret_key(app: Flask) -> None:
+    """Without FLASK_SECRET_KEY, one kept in the instance folder: workers on this host agree.
+
+    Created under a temporary name and hard-linked into place, so concurrent workers never
+    read a half-written file and exactly one key wins.
+    """
+    key = app.config.get("SECRET_KEY")
+    if key:
+        if not isinstance(key, (str, bytes)):
+            app.config["SECRET_KEY"] = str(key)  # FLASK_SECRET_KEY=1234 arrives as an int
+        return
+    path = os.path.join(app.instance_path, "secret_key")
+    if not os.path.exists(path):
+        fd, tmp = tempfile.mkstemp(dir=app.instance_path, prefix=".secret_key.")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another worker won; use its key
+        finally:
+            os.unlink(tmp)
+    with open(path) as f:
+        app.config["SECRET_KEY"] = f.read().strip()
+
+
+def _allow_loopback_http(app: Flask) -> None:
+    """Let requests-oauthlib use plain http, only when every http:// URL is on this host."""
+    urls = [app.config[k] for k in REQUIRED if isinstance(app.config.get(k), str)]
+    plain = [urlsplit(url) for url in urls if url.startswith("http://")]
+    if not plain:
+        return
+    if all(parts.hostname in LOOPBACK for parts in plain):
+        os.environ["OAUTHLIB_INSECURE_TRANSPORT"] = "1"
+    else:
+        app.logger.warning("plain http:// to another host: requests-oauthlib will refuse it")
+
+
+def _demo_stats_url(config: Mapping[str, Any]) -> str:
+    """``<provider>/_admin/stats`` when the token endpoint is a demo provider's on this host."""
+    parts = urlsplit(str(config["TOKENGUARD_TOKEN_URL"]))
+    if parts.scheme != "http" or parts.hostname not in LOOPBACK or parts.path != "/token":
+        return ""
+    return f"http://{parts.netloc}/_admin/stats"
+
+
+def _sessions(app: Flask) -> None:
+    """Flask-Session, never reading with pickle: in Redis beside the store, else in files.
+
+    Flask-Session 0.8 falls back to ``pickle.loads`` on undecodable Redis data and hands
+    cachelib sessions to a file cache that pickles by default: whoever can write the session
+    store would run code in the app. Both get serializers that only speak msgpack or JSON.
+    """
+    cache_url = app.config.get("TOKENGUARD_CACHE_URL")
+    if isinstance(cache_url, str) and cache_url.startswith(("redis://", "rediss://")):
+        import redis
+
+        app.config["SESSION_TYPE"] = "redis"
+        app.config["SESSION_REDIS"] = redis.Redis.from_url(
+            cache_url, socket_timeout=5, socket_connect_timeout=5
+        )
+        Session(app)
+        app.session_interface.serializer = MsgpackOnly()  # type: ignore[attr-defined]
+        return
+    directory = os.path.join(app.instance_path, "sessions")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    cache = FileSystemCache(
+        directory,
+        # No threshold: with one, cachelib keeps a file count among the sessions, read
+        # through the same serializer (which only accepts sessions).
+        threshold=0,
+        mode=0o600,
+    )
+    cache.serializer = JSONSessionSerializer()  # type: ignore[assignment]  # not pickle
+    app.config["SESSION_TYPE"] = "cachelib"
+    app.config["SESSION_CACHELIB"] = cache
+    Session(app)
+
+
+class MsgpackOnly(Serializer):  # type: ignore[misc]
+    """Flask-Session's Redis serializer without its JSON and pickle fallbacks."""
+
+    def __init__(self) -> None:
+        import msgspec
+
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(dict[str, Any])
+        self._error = msgspec.DecodeError
+
+    def encode(self, session: Mapping[str, Any]) -> bytes:
+        return bytes(self._encoder.encode(dict(session)))
+
+    def decode(self, serialized_data: bytes) -> dict[str, Any] | None:
+        """None for anything but a msgpack map: Flask-Session then starts a new session."""
+        try:
+            return dict(self._decoder.decode(serialized_data))
+        except self._error:
+            current_app.logger.warning("ignoring a session that is not msgpack")
+            return None
+
+
+class JSONSessionSerializer(JSONSerializer):
+    """cachelib's JSON file serializer, returning only objects (a session is a dict)."""
+
+    def load(self, f: Any, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        data = super().load(f, *args, **kwargs)
+        return data if isinstance(data, dict) else None
+
+
+class NaiveTokens:
+    """The naive route's copy of the token, under its own session key, sealed.
+
+    requests-oauthlib's recipe keeps the token in the session as is; the copy is sealed
+    (Fernet, a key derived from SECRET_KEY) so that the session store never holds a token in
+    clear. It starts as the token the extension holds, so both routes race from the same one.
+    """
+
+    def __init__(self, secret: str | bytes) -> None:
+        raw = secret.encode() if isinstance(secret, str) else secret
+        digest = hashlib.sha256(b"flask-tokenguard example: naive token\0" + raw).digest()
+        self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+
+    def load(self) -> dict[str, Any] | None:
+        box = _naive_record().get("box")
+        if not isinstance(box, str):
+            return None
+        try:
+            token = json.loads(self._fernet.decrypt(box))
+        except (InvalidToken, ValueError):
+            return None
+        return token if isinstance(token, dict) else None
+
+    def save(self, token: Mapping[str, Any]) -> None:
+        """The recipe's ``token_updater``: the session now holds the new token."""
+        session[NAIVE_KEY] = {
+            "rt": _fingerprint(token.get("refresh_token")),
+            "box": self._fernet.encrypt(json.dumps(dict(token)).encode()).decode("ascii"),
+        }
+
+    def follow(self, token: Mapping[str, Any]) -> None:
+        """Take the extension's token when it differs, so both routes start from the same."""
+        if _naive_record().get("rt") != _fingerprint(token.get("refresh_token")):
+            self.save(token)
+
+
+def _naive() -> NaiveTokens:
+    naive: NaiveTokens = current_app.extensions["tokenguard_example"]
+    return naive
+
+
+def _naive_record() -> dict[str, Any]:
+    record = session.get(NAIVE_KEY)
+    return record if isinstance(record, dict) else {}
+
+
+def _fingerprint(value: Any) -> str:
+    return hashlib.sha256(str(value).encode()).hexdigest()[:16]
+
+
+# -- views --------------------------------------------------------------------------------------
+
+
+def index() -> ResponseReturnValue:
+    """The page; reading the token here refreshes it if due, like any view of the app."""
+    token = _current_token()
+    return render_template("index.html", page=_page_state(token))
+
+
+@guard.exempt
+def login() -> ResponseReturnValue:
+    return guard.authorize_redirect(url_for("callback", _external=True))
+
+
+@guard.exempt
+def callback() -> ResponseReturnValue:
+    try:
+        token = guard.authorize_callback()
+    except LoginError as exc:
+        page = _page_state(_current_token(), error=f"Sign-in failed: {exc}")
+        return render_template("index.html", page=page), 400
+    _naive().follow(token)
+    with guard.requests_session() as http:
+        try:
+            profile = _call_api(http)
+        except ApiError:
+            profile = {}
+    names = ("name", "preferred_username", "login", "email", "sub")
+    session[USER_KEY] = next((str(profile[k]) for k in names if profile.get(k)), "you")
+    return redirect(url_for("index"))
+
+
+@guard.exempt
+def logout() -> ResponseReturnValue:
+    guard.logout()
+    _forget()
+    return redirect(url_for("index"))
+
+
+@guard.token_required
+def profile() -> ResponseReturnValue:
+    """The protected API call: the extension has made sure the token is fresh.
+
+    An API that refuses the token answers 502 here, not 401: 401 means "sign in again",
+    and only the extension decides that (a revoked token fails at its next refresh).
+    """
+    _current_token()
+    with guard.requests_session() as http:
+        try:
+            return jsonify(profile=_call_api(http))
+        except ApiError as exc:
+            return jsonify(error=str(exc)), 502
+
+
+@guard.exempt  # the extension must not refresh first: this route shows life without it
+def profile_naive() -> ResponseReturnValue:
+    """The API call refreshed the way requests-oauthlib's docs show, without the extension.
+
+    Every request of a burst that finds the access token expired sends the same refresh token;
+    a strict provider answers all but the first with ``invalid_grant`` and revokes the family.
+    """
+    naive = _naive()
+    token = naive.load()
+    if token is None:
+        return jsonify(error="not signed in"), 401
+    config = current_app.config
+    extra = {
+        "client_id": config["TOKENGUARD_CLIENT_ID"],
+        "client_secret": config["TOKENGUARD_CLIENT_SECRET"],
+    }
+    client = OAuth2Session(
+        config["TOKENGUARD_CLIENT_ID"],
+        token=token,
+        auto_refresh_url=config["TOKENGUARD_TOKEN_URL"],
+        auto_refresh_kwargs=extra,
+        token_updater=naive.save,
+    )
+    try:
+        return jsonify(profile=_call_api(client))
+    except OAuth2Error as exc:  # invalid_grant: the refresh token was used already
+        return jsonify(error=exc.error, message=exc.description), 401
+    except ApiError as exc:
+        return jsonify(error=str(exc)), 401 if exc.status == 401 else 502
+    finally:
+        client.close()
+
+
+def status() -> ResponseReturnValue:
+    """Signed in?, the access token's expiry (never the token), the provider's counters.
+
+    Like any view here, it goes through the extension's hook, which refreshes a due token.
+    """
+    token = _current_token()
+    return jsonify(_page_state(token))
+
+
+@guard.exempt
+def provider_stats() -> ResponseReturnValue:
+    """The counters alone, without touching the token (the page reads them before a burst)."""
+    return jsonify(provider=_provider_stats())
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """The protected API did not answer with JSON; ``status`` is its HTTP status, if any."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _call_api(http: requests.Session) -> Any:
+    """GET EXAMPLE_API_URL with ``http`` (which carries the bearer token); its JSON body."""
+    config = current_app.config
+    try:
+        reply = http.get(config["EXAMPLE_API_URL"], timeout=config["EXAMPLE_API_TIMEOUT"])
+    except requests.RequestException as exc:
+        raise ApiError(f"the API did not answer ({type(exc).__name__})") from None
+    if reply.status_code == 401:
+        raise ApiError("the API rejected the access token", 401)
+    if reply.status_code != 200:
+        raise ApiError(f"the API answered {reply.status_code}", reply.status_code)
+    try:
+        return reply.json()
+    except ValueError:
+        raise ApiError("the API did not answer JSON") from None
+
+
+def _current_token() -> dict[str, Any] | None:
+    """The extension's token for this request; the naive route's copy follows it."""
+    token = guard.token
+    if token is None:
+        _forget()
+    else:
+        _naive().follow(token)
+    return token
+
+
+def _forget() -> None:
+    for key in (NAIVE_KEY, USER_KEY):
+        session.pop(key, None)
+
+
+def _page_state(token: Mapping[str, Any] | None, error: str | None = None) -> dict[str, Any]:
+    """What the page and /api/status show; no token value ever leaves the server."""
+    config = current_app.config
+    if error is None and guard.error is not None:
+        error = f"The last refresh failed: {guard.error}"
+    return {
+        "logged_in": token is not None,
+        "user": session.get(USER_KEY) if token is not None else None,
+        "expires_at": token.get("expires_at") if token is not None else None,
+        "now": time.time(),
+        "leeway": float(config["TOKENGUARD_LEEWAY"]),
+        "error": error,
+        "burst": int(config["EXAMPLE_BURST"]),
+        "api_url": config["EXAMPLE_API_URL"],
+        "provider": _provider_stats(),
+    }
+
+
+def _provider_stats() -> dict[str, Any] | None:
+    url = current_app.config["EXAMPLE_PROVIDER_STATS_URL"]
+    if not url:
+        return None
+    try:
+        reply = requests.get(url, timeout=2)
+        reply.raise_for_status()
+        data = reply.json()
+    except (requests.RequestException, ValueError):
+        return None
+    return {key: data.get(key) for key in STAT_KEYS} if isinstance(data, dict) else None
+
+
+# -- `gunicorn example_app:app` and `python example_app.py` ---------------------------------------
+
+app: Flask  # built on first access, from the environment (PEP 562), so importing never fails
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        built = globals()["app"] = create_app()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _AccessLog(WSGIRequestHandler):
+    """The development server's access log without query strings (/callback carries a code)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        path, self.path = self.path, self.path.split("?", 1)[0]
+        try:
+            super().log_request(code, size)
+        finally:
+            self.path = path
+
+
+def main() -> None:
+    """Serve on 127.0.0.1:$PORT; without FLASK_TOKENGUARD_TOKEN_URL, with the demo provider."""
+    port = int(os.environ.get("PORT", "5000"))
+    config: dict[str, Any] = {}
+    provider = None
+    if not os.environ.get(ENV_PREFIX + "TOKENGUARD_TOKEN_URL"):
+        from flask_tokenguard.demo_provider import ProviderConfig, ProviderServer
+
+        ttl = int(os.environ.get("EXAMPLE_ACCESS_TTL", "20"))
+        provider = ProviderServer(
+            ProviderConfig(
+                access_ttl=ttl,
+                # A real provider takes a moment to answer a refresh; so does this one, which
+                # makes the naive burst's race as likely here as it is in production.
+                refresh_delay=float(os.environ.get("EXAMPLE_REFRESH_DELAY", "0.2")),
+                redirect_uris=(f"http://127.0.0.1:{port}/callback",),
+            )
+        ).start()
+        config = {
+            "TOKENGUARD_CLIENT_ID": provider.config.client_id,
+            "TOKENGUARD_CLIENT_SECRET": provider.config.client_secret,
+            "TOKENGUARD_TOKEN_URL": f"{provider.url}/token",
+            "TOKENGUARD_AUTHORIZE_URL": f"{provider.url}/authorize",
+            "EXAMPLE_API_URL": f"{provider.url}/userinfo",
+            "EXAMPLE_PROVIDER_STATS_URL": f"{provider.url}/_admin/stats",
+        }
+        if not os.environ.get(ENV_PREFIX + "TOKENGUARD_LEEWAY"):
+            config["TOKENGUARD_LEEWAY"] = min(5.0, ttl / 4)
+        print(
+            f"demo provider on {provider.url}: access tokens live {ttl} s, refresh tokens"
+            " rotate, a reused one revokes its family",
+            flush=True,
+        )
+    try:
+        create_app(config).run(
+            host="127.0.0.1", port=port, threaded=True, request_handler=_AccessLog
+        )
+    finally:
+        if provider is not None:
+            provider.stop()
+
+
+if __name__ == "__main__":
+    main()
