@@ -241,6 +241,17 @@ class TokenGuard:
             self._open(state, request_state)
         return request_state.token
 
+    def peek(self) -> dict[str, Any] | None:
+        """The session token's status without opening or refreshing it: for status pages.
+
+        ``{"expires_at": <epoch seconds or None>, "state": "ok" | "ambiguous"}``, or None.
+        """
+        try:
+            record = self._state().tokens.peek(session)
+        except TokenError:
+            return None
+        return None if record is None else {"expires_at": record.exp, "state": record.state}
+
     @property
     def error(self) -> TokenGuardError | None:
         """Why this request has no usable token, if it has none."""

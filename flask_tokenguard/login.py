@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 from urllib.parse import urlencode
@@ -94,6 +95,7 @@ class LoginFlow:
             client=WebApplicationClient(creds.client_id),
             redirect_uri=str(pending.get("redirect_uri")),
         )
+        sent_at = time.time()
         try:
             reply = oauth.fetch_token(
                 self.token_url,
@@ -104,7 +106,7 @@ class LoginFlow:
                 client_secret=creds.client_secret if creds.method == "client_secret_post" else None,
                 timeout=self.timeout,
             )
-            return normalize(reply)
+            return normalize(reply, now=sent_at, received=True)
         except (OAuth2Error, requests.RequestException, TokenError, ValueError, Warning) as exc:
             raise LoginError(f"the code exchange failed ({type(exc).__name__})") from None
         finally:

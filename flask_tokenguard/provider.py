@@ -88,14 +88,26 @@ def _oauth_error(response: requests.Response) -> str | None:
 
 
 def classify_response(
-    response: requests.Response, *, previous_refresh_token: str, default_retry_after: float
+    response: requests.Response,
+    *,
+    previous_refresh_token: str,
+    default_retry_after: float,
+    sent_at: float | None = None,
 ) -> Token:
-    """The new token from a complete response, or the classified :class:`RefreshError`."""
+    """The new token from a complete response, or the classified :class:`RefreshError`.
+
+    ``sent_at``: when the request left (epoch seconds); the expiry counts from there.
+    """
     status = response.status_code
     if 200 <= status < 300:
         try:
             body = json.loads(response.text)
-            return normalize(body, previous_refresh_token=previous_refresh_token)
+            return normalize(
+                body,
+                previous_refresh_token=previous_refresh_token,
+                now=sent_at,
+                received=True,
+            )
         except (ValueError, TokenError) as exc:
             # The provider may well have rotated the token: we cannot read the successor.
             raise RefreshAmbiguous(
@@ -190,6 +202,7 @@ class RefreshClient:
     def refresh(self, refresh_token: str, timeout: float) -> Token:
         """One refresh, each read bounded by ``timeout``; the caller bounds the whole call."""
         parsed: list[Token] = []
+        sent_at = time.time()
 
         def hook(response: requests.Response) -> requests.Response:
             # Runs before oauthlib parses: the real status is still visible here.
@@ -198,6 +211,7 @@ class RefreshClient:
                     response,
                     previous_refresh_token=refresh_token,
                     default_retry_after=self.default_retry_after,
+                    sent_at=sent_at,
                 )
             )
             return response

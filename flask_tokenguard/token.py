@@ -37,12 +37,15 @@ def normalize(
     *,
     previous_refresh_token: str | None = None,
     now: float | None = None,
+    received: bool = False,
 ) -> Token:
     """Check that ``reply`` is a usable token and return a clean copy.
 
     Raises :class:`TokenError` (never echoing values) when it is not. A reply without a
     refresh token keeps ``previous_refresh_token`` (providers that do not rotate); a missing
-    ``expires_at`` is computed from ``expires_in``.
+    ``expires_at`` is computed from ``expires_in``. For a reply just ``received`` from the
+    provider, ``expires_at`` is always ``now + expires_in`` with ``now`` the time the request
+    was sent: never later than the provider's own clock (oauthlib rounds the time it adds).
     """
     if not isinstance(reply, Mapping):
         raise TokenError(f"token is a {type(reply).__name__}, not an object")
@@ -69,7 +72,7 @@ def normalize(
         raise TokenError("token's expires_at is not a number")
     if "expires_in" in token and token["expires_in"] is not None and expires_in is None:
         raise TokenError("token's expires_in is not a number")
-    if expires_at is None and expires_in is not None:
+    if expires_in is not None and (expires_at is None or received):
         expires_at = current + expires_in
     if expires_at is not None:
         token["expires_at"] = expires_at

@@ -161,3 +161,21 @@ def test_client_secret_post_works(provider, guarded):
     base = guarded(TOKENGUARD_CLIENT_AUTH="client_secret_post")
     http = new_client(base, provider.issue(expires_in=0))
     assert http.get(f"{base}/api/profile", timeout=5).status_code == 200
+
+
+def test_peek_reads_the_status_without_refreshing(provider, tmp_path):
+    app = make_app(provider, str(tmp_path))
+    guard = app.extensions["tokenguard_guard"]
+    token = provider.issue(expires_in=0)
+    with app.test_request_context():
+        assert guard.peek() is None
+        guard.store_token(token)
+        assert guard.peek() == {"expires_at": token["expires_at"], "state": "ok"}
+    assert provider.stats()["refresh_requests"] == 0
+
+
+def test_the_expiry_counts_from_when_the_request_was_sent():
+    token = normalize(
+        {"access_token": "a", "expires_in": 60, "expires_at": 999.6}, now=900.2, received=True
+    )
+    assert token["expires_at"] == 960.2
