@@ -4,7 +4,7 @@
 configuration: it starts the bundled strict demo provider on another local port, keeps the
 extension's shared store and the sessions in files under the instance folder, and creates a
 secret key there. ``gunicorn example_app:app`` serves the same app from the environment, with
-a provider that runs on its own; see docs/EXAMPLE.md.
+a provider that runs on its own; see the README.
 
 Two routes call the same protected API: ``/api/profile`` through the extension (one refresh
 per refresh token, however many requests race), and ``/api/profile-naive``, which refreshes
@@ -105,7 +105,7 @@ def create_app(
         raise ConfigurationError(
             f"example_app needs {names}: the provider's endpoints and the API to call. Run"
             " `python example_app.py` for the bundled demo provider, or start one with"
-            " `python -m flask_tokenguard.demo_provider --port 5001` (see docs/EXAMPLE.md)."
+            " `python -m flask_tokenguard.demo_provider --port 5001` (see the README)."
         )
     os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
     _secret_key(app)
