@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import TRANSIENT_TTL_CAP
+from .config import TRANSIENT_TTL_CAP, Settings
 from .deadline import Deadline
 from .errors import (
     ProviderConfigurationError,
@@ -66,6 +66,18 @@ class Policy:
     retry_after: float = 5.0
     provider_grace: float = 0.0
     store_fallback: str = "closed"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            provider_timeout=settings.provider_timeout,
+            claim_ttl=settings.claim_ttl,
+            result_ttl=settings.result_ttl,
+            failure_ttl=settings.failure_ttl,
+            retry_after=settings.retry_after,
+            provider_grace=settings.provider_grace,
+            store_fallback=settings.store_fallback,
+        )
 
     def publish_ttl(self, error: RefreshError) -> float:
         """How long a failure record stays in the store.
@@ -459,6 +471,3 @@ class Coordinator:
             if uptime is not None and uptime < ttl:
                 self._uncertain_until = max(self._uncertain_until, now + ttl - uptime)
             return now < self._uncertain_until
-
-    def describe(self) -> dict[str, Any]:
-        return {"in_flight": len(self.flights), "outage": self._outage}

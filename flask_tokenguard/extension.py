@@ -115,15 +115,7 @@ class TokenGuard:
             store,
             keys,
             RecordCodec(Sealer(secrets, "store")),
-            Policy(
-                provider_timeout=settings.provider_timeout,
-                claim_ttl=settings.claim_ttl,
-                result_ttl=settings.result_ttl,
-                failure_ttl=settings.failure_ttl,
-                retry_after=settings.retry_after,
-                provider_grace=settings.provider_grace,
-                store_fallback=settings.store_fallback,
-            ),
+            Policy.from_settings(settings),
         )
         state = app.extensions[EXTENSION_KEY] = _AppState(
             settings=settings,

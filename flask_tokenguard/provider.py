@@ -20,7 +20,6 @@ import email.utils
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import requests
 import urllib3.exceptions
@@ -238,6 +237,3 @@ class RefreshClient:
         if not parsed:  # pragma: no cover - the hook always runs on a response
             raise RefreshAmbiguous("no response was seen")
         return parsed[0]
-
-    def describe(self) -> dict[str, Any]:
-        return {"token_url": self.token_url, "client_id": self.credentials.client_id}
