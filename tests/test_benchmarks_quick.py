@@ -61,3 +61,9 @@ def test_wakeup_quick_mode_runs_and_prints_its_ratio():
         assert re.search(rf"^{backend} ", out, re.MULTILINE), out
         if required(env):
             assert not re.search(rf"^{backend} +skipped", out, re.MULTILINE), out
+
+
+def test_the_soak_runs_in_quick_mode():
+    """The soak drives the example app under gunicorn; its quick mode must keep working."""
+    output = run_quick("soak.py")
+    assert "-> ok" in output, output
