@@ -22,7 +22,7 @@ import pytest
 
 from flask_tokenguard.errors import StoreUnavailable
 from flask_tokenguard.stores.base import ClaimInfo, Store
-from tests.fixtures.services import StoreSpec, free_port
+from tests.fixtures.services import BACKENDS, StoreSpec, free_port
 
 SLACK = {"memory": 0.3, "file": 0.3, "redis": 1.3, "memcached": 2.3}
 FORK = multiprocessing.get_context("fork")
@@ -38,9 +38,11 @@ def eventually(check: Callable[[], Any], timeout: float, interval: float = 0.02)
         time.sleep(interval)
 
 
-def shared_only(spec: StoreSpec) -> None:
-    if not spec.shared:
-        pytest.skip("simple:// is one process: nothing to share across processes")
+#: Cross-process tests run on the backends that share state between processes
+#: (``simple://`` is one process by design: there is nothing to share).
+shared_backends = pytest.mark.parametrize(
+    "store_backend", [b for b in BACKENDS if b != "memory"], indirect=True
+)
 
 
 # -- claim, mark, release ------------------------------------------------------------------
@@ -198,8 +200,8 @@ def _race_worker(spec: StoreSpec, index: int, trials: int, barrier: Any, results
 
 
 @pytest.mark.slow
+@shared_backends
 def test_claim_race_between_processes(store_spec: StoreSpec) -> None:
-    shared_only(store_spec)
     procs, trials = 16, 20
     barrier = FORK.Barrier(procs)
     results = FORK.Queue()
@@ -238,10 +240,10 @@ def _claim_and_hang(spec: StoreSpec, key: str, ttl: float, ready: Any) -> None:
 
 
 @pytest.mark.slow
+@shared_backends
 def test_claim_of_a_killed_holder(store_spec: StoreSpec, store: Store) -> None:
     """Redis and memcached free it when its ttl runs out; the file store as soon as the kernel
     drops the dead holder's lock."""
-    shared_only(store_spec)
     key = store_spec.key("claim", "killed")
     immediate = store_spec.backend == "file"
     ttl = 10.0 if immediate else 1.0
@@ -283,10 +285,10 @@ def _claim_then_obey(spec: StoreSpec, key: str, ttl: float, conn: Any) -> None:
 
 
 @pytest.mark.slow
+@shared_backends
 def test_claim_of_a_stopped_holder(store_spec: StoreSpec, store: Store) -> None:
     """A SIGSTOPped holder keeps its claim until its ttl, not longer; once resumed, it can
     neither mark nor release the claim that was taken over (so it never sends)."""
-    shared_only(store_spec)
     key = store_spec.key("claim", "stopped")
     ttl = 1.0
     ours, theirs = FORK.Pipe()
