@@ -97,7 +97,7 @@ class Store(abc.ABC):
             if left <= 0:
                 return None
             time.sleep(min(delay, left))
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, 0.02)
 
     def uptime(self) -> float | None:
         """Seconds since the store last lost its state (a server start); None if it never does.
