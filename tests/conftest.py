@@ -1,4 +1,11 @@
-"""Fixtures live in tests/fixtures/, one module per real part; this loads them."""
+"""Fixtures live in tests/fixtures/, one module per real part; this loads them.
+
+Hypothesis runs a bounded profile in CI (``HYPOTHESIS_PROFILE=ci``, set by .ci/run).
+"""
+
+import os
+
+from hypothesis import HealthCheck, settings
 
 pytest_plugins = [
     "tests.fixtures.provider",
@@ -6,3 +13,9 @@ pytest_plugins = [
     "tests.fixtures.apps",
     "tests.fixtures.gunicorn",
 ]
+
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
