@@ -15,7 +15,7 @@ from .errors import (
     TokenError,
     TokenGuardError,
 )
-from .extension import TokenGuard
+from .extension import TokenGuard, current_token
 from .signals import token_refresh_failed, token_refreshed
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "TokenError",
     "TokenGuard",
     "TokenGuardError",
+    "current_token",
     "token_refresh_failed",
     "token_refreshed",
 ]

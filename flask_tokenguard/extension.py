@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 import requests
 from flask import Flask, Response, current_app, g, jsonify, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
+from werkzeug.local import LocalProxy
 from werkzeug.wrappers import Response as BaseResponse
 
 from .config import DEFAULTS, ConfigKeys, Settings
@@ -75,6 +76,7 @@ class _AppState:
     coordinator: Coordinator
     login: LoginFlow
     store: Store
+    guard: TokenGuard
     #: endpoint -> whether the hook skips it (an endpoint's view and blueprints never change)
     exempt: dict[str | None, bool] = field(default_factory=dict)
 
@@ -118,6 +120,7 @@ class TokenGuard:
             Policy.from_settings(settings),
         )
         state = app.extensions[EXTENSION_KEY] = _AppState(
+            guard=self,
             settings=settings,
             tokens=SessionTokens(settings.session_key, Sealer(secrets, "session"), keys),
             coordinator=coordinator,
@@ -153,13 +156,9 @@ class TokenGuard:
         flask_fallbacks = app.config.get("SECRET_KEY_FALLBACKS") or []
         return [app.secret_key, *settings.secret_fallbacks, *flask_fallbacks]
 
-    def _state(self) -> _AppState:
-        try:
-            return cast(_AppState, current_app.extensions[EXTENSION_KEY])
-        except KeyError:
-            raise RuntimeError(
-                "TokenGuard is not registered on this app. Did you forget to call init_app?"
-            ) from None
+    @staticmethod
+    def _state() -> _AppState:
+        return _app_state()
 
     # -- handlers --------------------------------------------------------------------------
 
@@ -479,3 +478,20 @@ def _looks_multiprocess() -> bool:
     return any(name in argv0 for name in ("gunicorn", "uwsgi")) or (
         workers.isdigit() and int(workers) > 1
     )
+
+
+def _app_state() -> _AppState:
+    try:
+        return cast(_AppState, current_app.extensions[EXTENSION_KEY])
+    except KeyError:
+        raise RuntimeError(
+            "TokenGuard is not registered on this app. Did you forget to call init_app?"
+        ) from None
+
+
+def _current_token() -> Token | None:
+    return _app_state().guard.token
+
+
+#: The current request's token dict (or None), like ``guard.token`` without the guard at hand.
+current_token: Token | None = cast("Token | None", LocalProxy(_current_token))

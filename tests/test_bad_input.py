@@ -179,3 +179,14 @@ def test_the_expiry_counts_from_when_the_request_was_sent():
         {"access_token": "a", "expires_in": 60, "expires_at": 999.6}, now=900.2, received=True
     )
     assert token["expires_at"] == 960.2
+
+
+def test_current_token_is_the_guards_token(provider, tmp_path):
+    from flask_tokenguard import current_token
+
+    app = make_app(provider, str(tmp_path))
+    token = provider.issue(expires_in=3600)
+    with app.test_request_context():
+        assert current_token == None  # noqa: E711 - a proxy compares by its value
+        app.extensions["tokenguard_guard"].store_token(token)
+        assert current_token["access_token"] == token["access_token"]
