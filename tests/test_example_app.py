@@ -25,6 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from .fixtures.services import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_PREFIX = "tokenguard-example:session:"  # example_app.DEFAULTS
 REQUIRED_ENV = (
@@ -88,12 +90,7 @@ def run_example(instance: Path, **env: str) -> Iterator[Example]:
             time.sleep(0.1)
         yield example
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def log_in(http: requests.Session, example: Example) -> None:
