@@ -323,7 +323,29 @@ class TokenGuard:
         """Bring the session's token up to date, once per request (the hook calls this)."""
         return self._refresh(self._state())
 
-    def _refresh(self, state: _AppState) -> RequestState:
+    def refresh_now(self) -> Token | None:
+        """Refresh whatever the expiry says: the API refused the access token, or the provider
+        gives no expiry. Shares the refresh with every request that needs it, like the hook.
+
+        The new token, or None (``guard.error`` says why; the session reflects the outcome).
+        """
+        request_state = self._request_state()
+        request_state.checked, request_state.refreshed, request_state.error = False, False, None
+        self._refresh(self._state(), force=True)
+        if request_state.refreshed:
+            return request_state.token
+        if request_state.error is None:
+            record = request_state.record
+            request_state.error = (
+                RefreshDefinitive("there is no token to refresh")
+                if record is None
+                else RefreshAmbiguous("this refresh token may have been used: sign in again")
+                if record.state == STATE_AMBIGUOUS
+                else RefreshDefinitive("the token has no refresh token")
+            )
+        return None
+
+    def _refresh(self, state: _AppState, *, force: bool = False) -> RequestState:
         request_state = self._request_state()
         if request_state.checked:
             return request_state
@@ -333,7 +355,7 @@ class TokenGuard:
         except TokenError as exc:
             self._drop(state, request_state, exc)
             return request_state
-        if record is None or not is_due(record.exp, state.settings.leeway):
+        if record is None or not (force or is_due(record.exp, state.settings.leeway)):
             return request_state  # the fast path: no I/O, nothing opened
         if record.state == STATE_AMBIGUOUS:
             return request_state  # never presented again; the access token serves until expiry

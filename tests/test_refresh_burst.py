@@ -135,3 +135,33 @@ def test_the_naive_client_fails_the_same_burst(provider):
     assert stats["reuse_detected"] >= 1
     assert stats["families_revoked"] >= 1
     assert result.count(200) < N
+
+
+def test_refresh_now_refreshes_a_fresh_token_once_for_a_whole_burst(provider, tmp_path):
+    """After an API refused a token that still looks fresh, every request asks at once."""
+    from flask import jsonify
+
+    from .fixtures.apps import make_app
+
+    provider.set_faults(refresh_delay=0.3)
+    app = make_app(provider, str(tmp_path))
+    guard = app.extensions["tokenguard_guard"]
+
+    @app.get("/api/retry")
+    @guard.token_required
+    def retry():
+        token = guard.refresh_now()
+        if token is None:
+            return jsonify(error=str(guard.error)), 401
+        return jsonify(fingerprint=token["refresh_token"][:8])
+
+    token = provider.issue(expires_in=3600)
+    with serve(app) as base:
+        http = new_client(base, token)
+        result = burst(http, f"{base}/api/retry", 16)
+        assert result.statuses == [200] * 16
+        assert len({r.json()["fingerprint"] for r in result.replies}) == 1
+        assert provider.stats()["refreshes"] == 1
+        assert provider.stats()["max_presentations"] == 1
+        anonymous = new_client(base)
+        assert anonymous.get(f"{base}/api/retry", timeout=5).status_code == 401
