@@ -288,7 +288,7 @@ class Coordinator:
                             refresh_token,
                             RefreshAmbiguous("an earlier refresh with this token never finished"),
                         )
-                    if not store.mark_sent(claim_key, owner, self.policy.result_ttl):
+                    if not self._mark_sent(store, claim_key, owner):
                         continue  # the claim expired under us: start over
                     return self._call(store, refresh_token, deadline, on_outcome), True
                 finally:
@@ -439,6 +439,15 @@ class Coordinator:
     def _fail(self, store: Store, refresh_token: str, error: RefreshError) -> RefreshError:
         self._publish(store, refresh_token, error)
         return error
+
+    def _mark_sent(self, store: Store, claim_key: str, owner: str) -> bool:
+        """Mark the claim "sent"; an answer lost on the way is settled by reading the mark back
+        (else a mark that did land would later make this token look ambiguous)."""
+        try:
+            return store.mark_sent(claim_key, owner, self.policy.result_ttl)
+        except StoreError:
+            info = store.read_claim(claim_key)  # still failing: the outage propagates
+            return info.owner == owner and info.sent_by == owner
 
     def _release(self, store: Store, claim_key: str, owner: str) -> None:
         try:

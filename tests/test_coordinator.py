@@ -96,3 +96,28 @@ def test_the_signal_callback_runs_once_in_the_leader(provider, coordinator):
         t.join()
     assert len(seen) == 1
     assert seen[0][1] is None
+
+
+def test_a_sent_mark_whose_answer_was_lost_is_settled_by_reading_it_back(provider):
+    """An odd edge, so a store double: the mark lands, the answer does not."""
+    from flask_tokenguard.errors import StoreUnavailable
+
+    class LostAnswer(MemoryStore):
+        def mark_sent(self, key: str, owner: str, ttl: float) -> bool:
+            super().mark_sent(key, owner, ttl)
+            raise StoreUnavailable("timed out reading the answer")
+
+    guard = Coordinator(
+        RefreshClient(
+            provider.token_url, ClientCredentials(provider.client_id, provider.client_secret)
+        ),
+        LostAnswer(),
+        KeyNames(provider.client_id),
+        RecordCodec(Sealer(["secret"], "store")),
+        Policy(provider_timeout=2, claim_ttl=3),
+    )
+    token = provider.issue(expires_in=0)
+    new, called = guard.refresh(token, Deadline(5))
+    assert called
+    assert provider.userinfo(new["access_token"]).status_code == 200
+    assert provider.presentations(token["refresh_token"]) == 1
