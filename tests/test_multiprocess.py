@@ -70,6 +70,16 @@ def test_two_hosts_share_one_refresh_through_redis(provider, gunicorn, redis_url
     rotations(provider, http, [f"{one.url}/api/profile", f"{two.url}/api/profile"])
 
 
+def test_four_workers_share_one_refresh_through_memcached(
+    provider, gunicorn, memcached_url, tmp_path
+):
+    provider.set_faults(refresh_delay=0.3, access_ttl=4)
+    prefix = f"tgtest{tmp_path.name[-6:]}"
+    server = gunicorn(memcached_url, TG_CONFIG=json.dumps({"TOKENGUARD_KEY_PREFIX": prefix}))
+    http = new_client(server.url, provider.issue(expires_in=0))
+    rotations(provider, http, f"{server.url}/api/profile", rounds=3)
+
+
 def test_four_workers_share_one_refresh_through_the_file_store(provider, gunicorn, tmp_path):
     provider.set_faults(refresh_delay=0.3, access_ttl=4)
     server = gunicorn(f"file://{tmp_path / 'store'}")
