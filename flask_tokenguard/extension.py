@@ -281,10 +281,15 @@ class TokenGuard:
         """Remove the token; a refresh still in flight elsewhere will not bring it back."""
         state = self._state()
         request_state = self._request_state()
-        for refresh_token in {
-            request_state.initial_refresh_token,
-            self._session_refresh_token(state),
-        }:
+        try:
+            record = state.tokens.peek(session)
+        except TokenError:
+            record = None
+        if record != request_state.record:
+            request_state.record, request_state.token = record, None
+        token = self._open(state, request_state)
+        current = token.get("refresh_token") if token is not None else None
+        for refresh_token in {request_state.initial_refresh_token, current}:
             if refresh_token:
                 state.coordinator.revoke(refresh_token)
         state.tokens.clear(session)
@@ -418,7 +423,12 @@ class TokenGuard:
             record = state.tokens.peek(session)
             if record is None or record.state == STATE_AMBIGUOUS:
                 return response
-            token = state.tokens.open(session, record)
+            known = isinstance(request_state, RequestState) and request_state.record == record
+            token = (
+                request_state.token
+                if known and request_state.token is not None
+                else state.tokens.open(session, record)
+            )
         except TokenError:
             return response  # the next request discards it, with a log line
         current = token.get("refresh_token")
@@ -481,16 +491,6 @@ class TokenGuard:
             self._drop(state, request_state, RefreshDefinitive("the access token expired"))
             return self.unauthorized()
         return None
-
-    def _session_refresh_token(self, state: _AppState) -> str | None:
-        try:
-            record = state.tokens.peek(session)
-            if record is None:
-                return None
-            value = state.tokens.open(session, record).get("refresh_token")
-        except TokenError:
-            return None
-        return value if isinstance(value, str) else None
 
 
 def _looks_multiprocess() -> bool:
