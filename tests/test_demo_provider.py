@@ -17,7 +17,7 @@ import pytest
 import requests
 import urllib3
 
-from flask_tokenguard.demo_provider import ProviderServer, fingerprint
+from flask_tokenguard.testing import ProviderServer, fingerprint
 from tests.fixtures.provider import DEFAULT_REDIRECT_URI, ProviderHandle, pkce_pair
 
 ROOT = Path(__file__).resolve().parent.parent
