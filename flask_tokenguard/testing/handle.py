@@ -209,9 +209,7 @@ class ProviderHandle:
             form["client_id"] = self.public_client_id
         else:
             raise ValueError(f"unknown client auth method {method!r}")
-        return requests.post(
-            self.token_url, data=form, auth=auth, timeout=timeout or self.timeout
-        )
+        return requests.post(self.token_url, data=form, auth=auth, timeout=timeout or self.timeout)
 
     def userinfo(self, access_token: str) -> requests.Response:
         """GET /userinfo with the bearer token (200 JSON, or 401 if expired/revoked/unknown)."""

@@ -112,9 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     try:
-        threading.Event().wait()
+        _wait_for_interrupt()
     except KeyboardInterrupt:
         pass
     finally:
         server.stop()
     return 0
+
+
+def _wait_for_interrupt() -> None:
+    threading.Event().wait()
