@@ -640,3 +640,14 @@ def test_the_served_host_names_are_trusted(provider: ProviderHandle) -> None:
     named = create_provider_app(trusted_hosts=["provider.test"]).test_client()
     assert named.get(path, headers={"Host": "provider.test:5001"}).status_code == 200
     assert named.get(path, headers={"Host": "other.test"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("[::1]:5001", 200), ("[::1]", 200), ("[::2]:5001", 400), ("[::1]x", 400)],
+)
+def test_bracketed_ipv6_hosts(host: str, status: int) -> None:
+    """A provider on ::1 answers to ``[::1]:port`` (werkzeug's own check matches no IPv6)."""
+    client = create_provider_app().test_client()
+    path = "/.well-known/oauth-authorization-server"
+    assert client.get(path, headers={"Host": host}).status_code == status

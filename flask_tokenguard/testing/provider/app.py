@@ -7,13 +7,15 @@ admin API answers only requests whose peer address is loopback (403 otherwise).
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
 from collections.abc import Iterable
 from typing import Any, Final, cast
 
 from authlib.integrations.flask_oauth2 import ResourceProtector
 from authlib.oauth2 import OAuth2Error
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Request, Response, jsonify, request
 
 from .config import (
     CODE_GRANT,
@@ -48,6 +50,49 @@ _GARBAGE_BODY: Final = (
 )
 
 
+_BRACKETED_HOST: Final = re.compile(r"\[([0-9A-Fa-f:.]+)\](?::[1-9][0-9]{0,4})?")
+
+
+def _is_trusted_ipv6_host(host_header: str | None, trusted: Iterable[str]) -> bool:
+    """``[::1]:5001`` against ``::1``: the one host form werkzeug's own check cannot match."""
+    match = _BRACKETED_HOST.fullmatch(host_header or "")
+    if match is None:
+        return False
+    try:
+        address = ipaddress.IPv6Address(match.group(1))
+    except ValueError:
+        return False
+    for entry in trusted:
+        try:
+            if ipaddress.IPv6Address(entry.strip("[]")) == address:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+class _ProviderRequest(Request):
+    """Flask's request; a bracketed IPv6 ``Host`` listed in ``TRUSTED_HOSTS`` is trusted too.
+
+    Werkzeug (3.1) compares ``[::1]:5001`` with no entry successfully, which would make a
+    provider on ``::1`` answer 400 to everything. Such a header is matched here instead, and
+    werkzeug's check (which the ``TRUSTED_HOSTS`` config feeds) then skipped for it.
+    """
+
+    _trusted: list[str] | None = None
+
+    @property
+    def trusted_hosts(self) -> list[str] | None:
+        trusted = self._trusted
+        if trusted and _is_trusted_ipv6_host(self.environ.get("HTTP_HOST"), trusted):
+            return None
+        return trusted
+
+    @trusted_hosts.setter
+    def trusted_hosts(self, value: list[str] | None) -> None:
+        self._trusted = value
+
+
 def get_provider_state(app: Flask) -> ProviderState:
     """The :class:`ProviderState` of an app made by :func:`create_provider_app`."""
     return cast(ProviderState, app.extensions[EXTENSION_KEY])
@@ -64,6 +109,7 @@ def create_provider_app(
     config = config or ProviderConfig()
     silence_authlib_token_logs()
     app = Flask(__name__)
+    app.request_class = _ProviderRequest
     app.config.update(
         OAUTH2_REFRESH_TOKEN_GENERATOR=True,
         OAUTH2_SCOPES_SUPPORTED=None,
@@ -120,11 +166,7 @@ def create_provider_app(
 
 
 def served_hosts(extra: Iterable[str] = ()) -> list[str]:
-    """The loopback names and ``extra``, without duplicates: the app's ``TRUSTED_HOSTS``.
-
-    Werkzeug (3.1) compares a bracketed IPv6 ``Host`` header such as ``[::1]:5001`` with no
-    entry successfully, so reach a provider as ``127.0.0.1`` or ``localhost``, or by name.
-    """
+    """The loopback names and ``extra``, without duplicates: the app's ``TRUSTED_HOSTS``."""
     hosts: list[str] = []
     for host in (*LOOPBACK_HOSTS, *extra):
         if host and host not in hosts:
