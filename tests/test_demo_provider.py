@@ -651,3 +651,12 @@ def test_bracketed_ipv6_hosts(host: str, status: int) -> None:
     client = create_provider_app().test_client()
     path = "/.well-known/oauth-authorization-server"
     assert client.get(path, headers={"Host": host}).status_code == status
+
+
+def test_admin_posts_need_a_json_body(provider: ProviderHandle) -> None:
+    """What a web page may send to 127.0.0.1 without a CORS preflight is refused."""
+    for path in ("reset", "issue", "faults", "revoke"):
+        for body in ({"data": "x=1"}, {"data": "{}", "headers": {"Content-Type": "text/plain"}}):
+            reply = requests.post(f"{provider.url}/_admin/{path}", timeout=5, **body)
+            assert reply.status_code == 415, (path, reply.text)
+    assert provider.stats()["admin_issued"] == 0

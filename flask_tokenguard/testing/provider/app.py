@@ -115,6 +115,13 @@ def create_provider_app(
         OAUTH2_SCOPES_SUPPORTED=None,
         TRUSTED_HOSTS=served_hosts(trusted_hosts),
     )
+    if "TRUSTED_HOSTS" not in Flask.default_config:  # pragma: no cover - Flask 3.0
+
+        @app.before_request
+        def served_hosts_only() -> None:
+            request.trusted_hosts = app.config["TRUSTED_HOSTS"]
+            _ = request.host  # werkzeug raises SecurityError (400) for a foreign Host
+
     state = ProviderState(config)
     app.extensions[EXTENSION_KEY] = state
     server = ProviderAuthorizationServer(app, state)
@@ -244,15 +251,25 @@ def _admin_blueprint(state: ProviderState) -> Blueprint:
         # It mints tokens and lists every token issued: never for another machine, whatever
         # address the server listens on. (Behind a local reverse proxy every peer is loopback:
         # do not put one in front of this provider.)
-        if is_loopback(request.remote_addr):
-            return None
-        return _json(
-            {
-                "error": "access_denied",
-                "error_description": "the admin API answers loopback clients only",
-            },
-            403,
-        )
+        if not is_loopback(request.remote_addr):
+            return _json(
+                {
+                    "error": "access_denied",
+                    "error_description": "the admin API answers loopback clients only",
+                },
+                403,
+            )
+        if request.method == "POST" and not request.is_json:
+            # A web page can send a form or text/plain POST to 127.0.0.1 without asking; a JSON
+            # one needs a CORS preflight, which this API never grants.
+            return _json(
+                {
+                    "error": "invalid_request",
+                    "error_description": "admin requests carry a JSON body",
+                },
+                415,
+            )
+        return None
 
     def body() -> dict[str, Any]:
         data = request.get_json(silent=True)
