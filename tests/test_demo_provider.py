@@ -17,7 +17,10 @@ import pytest
 import requests
 import urllib3
 
+from flask_tokenguard.login import pkce_pair
 from flask_tokenguard.testing import (
+    DEFAULT_REDIRECT_URI,
+    ProviderHandle,
     ProviderServer,
     UnsafeHostError,
     create_provider_app,
@@ -25,7 +28,6 @@ from flask_tokenguard.testing import (
     get_provider_state,
 )
 from flask_tokenguard.testing.provider import cli
-from tests.fixtures.provider import DEFAULT_REDIRECT_URI, ProviderHandle, pkce_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,8 @@ Endpoints (all on one Flask app, see :func:`create_provider_app`):
 
 Admin API, for tests that drive the provider from other processes. It has no credentials; it
 answers only requests whose peer address is loopback (403 for any other), whatever address the
-server listens on (:class:`flask_tokenguard.testing.ProviderHandle` drives it over HTTP):
+server listens on, and its POSTs need a JSON body (415 otherwise); a web page cannot send one
+without a CORS preflight. :class:`flask_tokenguard.testing.ProviderHandle` drives it over HTTP:
 
 ``GET /_admin/stats``
     The counters: ``refresh_requests``, ``presentations`` (per refresh token fingerprint),
