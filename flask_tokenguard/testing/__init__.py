@@ -1,0 +1,70 @@
+"""Test helpers: the strict demo OAuth provider and a handle to drive it (``demo`` extra).
+
+``ProviderServer`` runs the provider on a free port of 127.0.0.1; ``ProviderHandle`` drives any
+running one over HTTP (URLs, credentials, the ``stats()`` oracle, fault switches, ``issue()``,
+``login()``, ``refresh()``). Names are loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+try:
+    import authlib  # noqa: F401 (only: is the demo extra installed?)
+except ImportError as error:  # pragma: no cover - tested in a subprocess
+    raise ImportError(
+        "flask_tokenguard.testing needs Authlib, from the demo extra: "
+        'pip install "flask-tokenguard[demo]"'
+    ) from error
+
+if TYPE_CHECKING:
+    from .handle import DEFAULT_REDIRECT_URI, ProviderHandle
+    from .provider import (
+        FAULTS,
+        ProviderConfig,
+        ProviderServer,
+        ProviderState,
+        UnsafeHostError,
+        create_provider_app,
+        fingerprint,
+        get_provider_state,
+    )
+
+_WHERE = {
+    "DEFAULT_REDIRECT_URI": ".handle",
+    "ProviderHandle": ".handle",
+    "FAULTS": ".provider",
+    "ProviderConfig": ".provider",
+    "ProviderServer": ".provider",
+    "ProviderState": ".provider",
+    "UnsafeHostError": ".provider",
+    "create_provider_app": ".provider",
+    "fingerprint": ".provider",
+    "get_provider_state": ".provider",
+}
+
+__all__ = [
+    "DEFAULT_REDIRECT_URI",
+    "FAULTS",
+    "ProviderConfig",
+    "ProviderHandle",
+    "ProviderServer",
+    "ProviderState",
+    "UnsafeHostError",
+    "create_provider_app",
+    "fingerprint",
+    "get_provider_state",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
