@@ -21,6 +21,7 @@ Needs Flask-Session (``pip install "flask-tokenguard[sessions]"``), and ``redis`
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -65,7 +66,10 @@ def init_sessions(
     :param directory: where the session files go (created with mode 0700 if missing); by
         default ``sessions/`` under the app's instance folder. One file per session, mode
         0600, JSON after cachelib's 4-byte expiry; no file-count entry (``threshold=0``),
-        since cachelib would read that through the same serializer.
+        since cachelib would read that through the same serializer. An expired session reads
+        as none, but without a threshold cachelib deletes no file: prune the folder
+        periodically (``find DIR -type f -mtime +N -delete``, N days past the session
+        lifetime; a file is rewritten whenever its session is saved).
     :param key_prefix: Flask-Session's key prefix (``SESSION_KEY_PREFIX``); by default the
         app's configured one, else Flask-Session's ``session:``. Give every app sharing a
         Redis its own.
@@ -109,8 +113,7 @@ def _redis_sessions(app: Flask, url: str) -> None:
 
 def _file_sessions(app: Flask, directory: str | os.PathLike[str]) -> None:
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    cache = FileSystemCache(os.fspath(directory), threshold=0, mode=0o600)
-    cache.serializer = JSONObjectSerializer()  # type: ignore[assignment]  # not pickle
+    cache = JSONFileSystemCache(os.fspath(directory), threshold=0, mode=0o600)
     app.config["SESSION_TYPE"] = "cachelib"
     app.config["SESSION_CACHELIB"] = cache
     Session(app)
@@ -134,6 +137,29 @@ class MsgpackOnly(Serializer):  # type: ignore[misc]  # Flask-Session ships no t
             log.warning("ignoring a stored session that is not a msgpack map")
             return None
         return data
+
+
+class JSONFileSystemCache(FileSystemCache):
+    """cachelib's file cache, in JSON: never pickles, and refuses what JSON cannot encode.
+
+    cachelib's JSON serializer logs a value it cannot encode and writes an empty entry, so the
+    session would silently read back as new; here the write fails (``TypeError``) before any
+    file is touched, as a Redis session that msgpack cannot encode does.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.serializer = JSONObjectSerializer()  # type: ignore[assignment]  # not pickle
+
+    def set(
+        self,
+        key: str,
+        value: Any,
+        timeout: int | datetime.timedelta | None = None,
+        mgmt_element: bool = False,
+    ) -> bool:
+        json.dumps(value)  # TypeError or ValueError here, not an empty entry
+        return bool(super().set(key, value, timeout, mgmt_element))
 
 
 class JSONObjectSerializer(JSONSerializer):

@@ -206,3 +206,18 @@ def test_without_flask_session_the_error_names_the_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert "flask-tokenguard[sessions]" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_value_json_cannot_encode_fails_the_write_and_leaves_no_file(tmp_path: Path) -> None:
+    app = make_app(tmp_path / "instance")
+    app.testing = True  # the error reaches the test instead of becoming a 500
+
+    @app.get("/bytes")
+    def store_bytes() -> str:
+        session["raw"] = b"\x00"
+        return "stored?"
+
+    init_sessions(app)
+    with pytest.raises(TypeError):
+        app.test_client().get("/bytes")
+    assert list((tmp_path / "instance" / "sessions").iterdir()) == []
