@@ -12,9 +12,9 @@ serializers that only speak msgpack (Redis) or JSON (files)::
     init_sessions(app)  # files under <instance folder>/sessions
 
 A stored value that is not a msgpack map (Redis) or a JSON object (files) counts as no session:
-the request gets a new, empty one. Session values must therefore be msgpack or JSON types
-(str, int, float, bool, None, lists and dicts with str keys), which is also all Flask's own
-cookie session keeps faithfully besides a few tagged types.
+the request gets a new, empty one. Keep session values to JSON types (str, int, float, bool,
+None, lists, dicts with str keys), which both stores keep as they are; a value a store cannot
+encode fails the write with ``TypeError`` instead of silently losing the session.
 
 Needs Flask-Session (``pip install "flask-tokenguard[sessions]"``), and ``redis`` for a Redis URL.
 """
