@@ -311,12 +311,12 @@ app: Flask  # built on first access, from the environment (PEP 562), so importin
 
 def __getattr__(name: str) -> Any:
     if name == "app":
-        built = globals()["app"] = _serve(create_app())
+        built = globals()["app"] = _ready_to_serve(create_app())
         return built
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _serve(app: Flask) -> Flask:
+def _ready_to_serve(app: Flask) -> Flask:
     """What only a process entry point does, once, before serving: never in the factory.
 
     requests-oauthlib (the naive route) reads ``OAUTHLIB_INSECURE_TRANSPORT`` from the
@@ -379,7 +379,7 @@ def main() -> None:
             flush=True,
         )
     try:
-        _serve(create_app(config)).run(
+        _ready_to_serve(create_app(config)).run(
             host="127.0.0.1", port=port, threaded=True, request_handler=_AccessLog
         )
     finally:
