@@ -3,10 +3,11 @@
 //
 //   node server.js [--port N] [--redirect-uris JSON] [--post-logout-redirect-uris JSON]
 //                  [--backchannel-logout-uri URL] [--access-ttl S] [--id-token-ttl S]
-//                  [--refresh-ttl S]
+//                  [--refresh-ttl S] [--clock-tolerance S]
 //
 // Every option may be given in the environment instead (PORT, REDIRECT_URIS,
 // POST_LOGOUT_REDIRECT_URIS, BACKCHANNEL_LOGOUT_URI, ACCESS_TTL, ID_TOKEN_TTL, REFRESH_TTL,
+// CLOCK_TOLERANCE,
 // CONFIDENTIAL_CLIENT_ID, CONFIDENTIAL_CLIENT_SECRET, PUBLIC_CLIENT_ID); the command line wins.
 // Port 0 (the default) takes a free port. Listens on 127.0.0.1 only. Prints one line
 // "READY <issuer>" on stdout once listening; everything else goes to stderr. Exits 0 on SIGTERM.
@@ -36,6 +37,7 @@ const { values: args } = parseArgs({
     'access-ttl': { type: 'string' },
     'id-token-ttl': { type: 'string' },
     'refresh-ttl': { type: 'string' },
+    'clock-tolerance': { type: 'string' },
   },
   allowPositionals: false,
 });
@@ -45,10 +47,10 @@ function setting(name, envName, fallback) {
   return value === undefined || value === '' ? fallback : value;
 }
 
-function seconds(name, envName, fallback) {
+function seconds(name, envName, fallback, minimum = 1) {
   const value = Number(setting(name, envName, String(fallback)));
-  if (!Number.isInteger(value) || value <= 0) {
-    throw new Error(`${name} must be a positive whole number of seconds`);
+  if (!Number.isInteger(value) || value < minimum) {
+    throw new Error(`${name} must be a whole number of seconds, at least ${minimum}`);
   }
   return value;
 }
@@ -72,6 +74,9 @@ const backchannelLogoutUri = setting('backchannel-logout-uri', 'BACKCHANNEL_LOGO
 const accessTtl = seconds('access-ttl', 'ACCESS_TTL', 20);
 const idTokenTtl = seconds('id-token-ttl', 'ID_TOKEN_TTL', accessTtl);
 const refreshTtl = seconds('refresh-ttl', 'REFRESH_TTL', 24 * 3600);
+// node-oidc-provider accepts a token up to clockTolerance seconds past its expiry (15 by
+// default): 0 here, so an access token is refused as soon as its lifetime is over.
+const clockTolerance = seconds('clock-tolerance', 'CLOCK_TOLERANCE', 0, 0);
 
 const confidentialClientId = process.env.CONFIDENTIAL_CLIENT_ID || 'tokenguard-confidential';
 const confidentialClientSecret = process.env.CONFIDENTIAL_CLIENT_SECRET
@@ -175,6 +180,7 @@ function clients() {
 function configuration() {
   return {
     clients: clients(),
+    clockTolerance,
     jwks: { keys: [signingKey] },
     cookies: { keys: [randomBytes(32).toString('hex')] },
     findAccount: async (ctx, sub) => account(sub),
