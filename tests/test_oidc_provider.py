@@ -24,7 +24,7 @@ from tests.fixtures.oidc_provider import (
     fingerprint,
     jwt_claims,
 )
-from tests.fixtures.servers import free_port
+from tests.fixtures.servers import free_port, serve
 
 
 def assert_invalid_grant(reply: requests.Response) -> None:
@@ -330,3 +330,43 @@ def test_a_dedicated_provider_takes_its_options_and_stops_cleanly(
     assert proc is not None
     provider.process.stop()
     assert proc.returncode == 0
+
+
+def test_logout_at_the_provider_calls_the_back_channel_and_keeps_offline_grants(
+    make_oidc_provider: Callable[..., OidcProvider],
+) -> None:
+    received: list[dict[str, list[str]]] = []
+
+    def backchannel(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        received.append(parse_qs(environ["wsgi.input"].read(length).decode()))
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "0")])
+        return [b""]
+
+    with serve(backchannel) as receiver:
+        after_logout = f"{receiver}/signed-out"
+        provider = make_oidc_provider(
+            post_logout_redirect_uris=[after_logout],
+            backchannel_logout_uri=f"{receiver}/backchannel-logout",
+        )
+        with requests.Session() as browser:
+            request = provider.authorization_request()
+            callback = provider.login(browser, request.url, username="carol")
+            token = provider.exchange_code(request, callback).json()
+            landing = provider.logout(
+                browser, token["id_token"], post_logout_redirect_uri=after_logout, state="s-1"
+            )
+    assert landing == f"{after_logout}?state=s-1"
+
+    assert len(received) == 1
+    logout = jwt_claims(received[0]["logout_token"][0])
+    assert logout["iss"] == provider.issuer
+    assert logout["aud"] == provider.client_id
+    assert logout["sub"] == "carol"
+    assert "http://schemas.openid.net/event/backchannel-logout" in logout["events"]
+    assert logout["sid"] == jwt_claims(token["id_token"])["sid"]
+
+    # A grant with offline_access outlives the provider session (persistsLogout): logging out
+    # at the provider does not revoke the refresh token; the client has to revoke it itself.
+    reply = provider.refresh(token["refresh_token"])
+    assert reply.status_code == 200, reply.text

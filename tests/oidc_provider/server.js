@@ -181,6 +181,10 @@ function configuration() {
   return {
     clients: clients(),
     clockTolerance,
+    // Outgoing requests (back-channel logout) go through a dispatcher that refuses special-use
+    // addresses, loopback included (SSRF protection, lib/helpers/fetch_request.js). Every
+    // receiver of this test server is on 127.0.0.1: drop that dispatcher.
+    fetch: (url, options) => globalThis.fetch(url, { ...options, dispatcher: undefined }),
     jwks: { keys: [signingKey] },
     cookies: { keys: [randomBytes(32).toString('hex')] },
     findAccount: async (ctx, sub) => account(sub),
@@ -243,6 +247,9 @@ const provider = new Provider(issuer, configuration());
 
 provider.on('server_error', (ctx, error) => {
   console.error('server_error', ctx.method, ctx.path, error);
+});
+provider.on('backchannel.error', (ctx, error, client) => {
+  console.error('backchannel.error', client.clientId, error.message);
 });
 
 provider.use(async (ctx, next) => {
