@@ -7,8 +7,8 @@
 //
 // Every option may be given in the environment instead (PORT, REDIRECT_URIS,
 // POST_LOGOUT_REDIRECT_URIS, BACKCHANNEL_LOGOUT_URI, ACCESS_TTL, ID_TOKEN_TTL, REFRESH_TTL,
-// CLOCK_TOLERANCE,
-// CONFIDENTIAL_CLIENT_ID, CONFIDENTIAL_CLIENT_SECRET, PUBLIC_CLIENT_ID); the command line wins.
+// CLOCK_TOLERANCE; also CONFIDENTIAL_CLIENT_ID, CONFIDENTIAL_CLIENT_SECRET, PUBLIC_CLIENT_ID);
+// the command line wins. Lifetimes are in seconds; the clock tolerance defaults to 0.
 // Port 0 (the default) takes a free port. Listens on 127.0.0.1 only. Prints one line
 // "READY <issuer>" on stdout once listening; everything else goes to stderr. Exits 0 on SIGTERM.
 //
