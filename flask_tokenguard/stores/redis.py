@@ -151,6 +151,8 @@ class RedisStore(ServerStore[_Conn]):
     #: "Redis could not be reached or did not answer in time": a write may or may not have run.
     _unreachable = (RedisConnectionError, RedisTimeoutError, OSError)
     _client_error = RedisError
+    #: Seconds between re-reads while :meth:`wait_for` waits for a wake-up, in case one is lost.
+    reread_interval = 0.25
 
     def __init__(
         self,
@@ -245,7 +247,7 @@ class RedisStore(ServerStore[_Conn]):
         seconds = math.ceil(ttl)
         self._call(lambda c: c.cache.set(key, value, timeout=seconds))
         if self.notify:
-            # Only a wake-up: the value is stored, and waiters re-read it every 0.25 s anyway.
+            # Only a wake-up: the value is stored, and waiters re-read it now and then anyway.
             with contextlib.suppress(RedisError, OSError):
                 self._connection().client.publish(key, b"1")
 
@@ -259,7 +261,8 @@ class RedisStore(ServerStore[_Conn]):
         """Subscribe to ``key``'s channel, then read: wakes as soon as :meth:`publish` runs.
 
         The subscription is confirmed before the first read, so a publish cannot slip in
-        between; the value is also re-read every 0.25 s in case a wake-up was missed.
+        between; the value is also re-read every :attr:`reread_interval` seconds in case a
+        wake-up was missed.
         """
         if not self.notify:
             return super().wait_for(key, timeout)
@@ -294,7 +297,7 @@ class RedisStore(ServerStore[_Conn]):
                 left = end - time.monotonic()
                 if left <= 0:
                     return None
-                pubsub.get_message(timeout=min(left, 0.25))
+                pubsub.get_message(timeout=min(left, self.reread_interval))
         finally:
             pubsub.close()
 
