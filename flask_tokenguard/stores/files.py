@@ -47,6 +47,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import stat
 import tempfile
 import threading
@@ -122,20 +123,27 @@ def _read_fd(fd: int, limit: int) -> bytes:
 
 
 def unsafe_directory(path: Path) -> str | None:
-    """Why ``path`` is not safe to keep claims in, or None: it must be a real directory (not a
-    symlink), owned by this process's user, and writable by nobody else."""
+    """Why ``path`` is not safe to keep claims in, and the fix; None when it is: a real
+    directory (not a symlink), owned by this process's user, writable by nobody else."""
     info = os.lstat(path)
+    quoted = shlex.quote(str(path))
     if stat.S_ISLNK(info.st_mode):
-        return "is a symlink; point the URL at the real directory"
+        return "is a symlink; fix: point TOKENGUARD_CACHE_URL at a real directory"
     if not stat.S_ISDIR(info.st_mode):
-        return "is not a directory"
+        return "is not a directory; fix: point TOKENGUARD_CACHE_URL at a directory"
+    if info.st_mode & stat.S_ISVTX and info.st_mode & stat.S_IWOTH:
+        return (
+            f"is shared, like /tmp (mode {stat.S_IMODE(info.st_mode):o}); fix: point "
+            "TOKENGUARD_CACHE_URL at a directory of this user's own (a missing one is created 0700)"
+        )
     if info.st_uid != os.geteuid():
         return (
             f"is owned by uid {info.st_uid}, not by this process's user (uid {os.geteuid()}); "
-            "use a directory of this user's own"
+            f"fix: chown {os.geteuid()} {quoted} && chmod 700 {quoted}, or use another directory"
         )
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):o}); chmod 700 it"
+        mode = stat.S_IMODE(info.st_mode)
+        return f"is writable by group or others (mode {mode:o}); fix: chmod 700 {quoted}"
     return None
 
 
@@ -193,10 +201,7 @@ class FileStore(Store):
         try:
             self._io(self._make_dirs)
         except UnsafeDirectory as exc:
-            raise ConfigurationError(
-                f"TOKENGUARD_CACHE_URL: the file store directory {exc}: anyone who can write "
-                "there can forge claims and values"
-            ) from None
+            raise ConfigurationError(f"TOKENGUARD_CACHE_URL: {exc}") from None
         _INSTANCES.add(self)
 
     # -- paths and plumbing ----------------------------------------------------------------
@@ -212,7 +217,10 @@ class FileStore(Store):
                 os.makedirs(path, 0o700, exist_ok=True)  # the mode applies to the leaf only
             problem = unsafe_directory(path)
             if problem is not None:
-                raise UnsafeDirectory(f"{str(path)!r} {problem}")
+                raise UnsafeDirectory(
+                    f"the file store directory {str(path)!r} {problem}. Anyone who can write "
+                    "there can forge claims and values, so it is not used"
+                )
         if not (self.directory / _IDENTITY).exists():
             # Create-if-absent with its content in place: link() never overwrites.
             fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=self.directory)

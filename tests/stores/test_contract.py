@@ -376,8 +376,8 @@ def test_unreachable_store_fails_fast(unreachable_store: Store) -> None:
 
 
 def test_ping_a_reachable_store(store: Store) -> None:
-    assert store.ping() is None
-    assert store.ping() is None, "cheap enough to ask twice"
+    store.ping()  # no exception: reachable
+    store.ping()
 
 
 @shared_backends  # the in-process store holds the str objects it was given: nothing to read

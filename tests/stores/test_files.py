@@ -155,7 +155,7 @@ def test_a_symlinked_directory_is_refused(tmp_path: Path, where: str) -> None:
     assert list(real.iterdir()) == [], "nothing written through the link"
 
 
-@pytest.mark.parametrize("mode", [0o770, 0o707, 0o777, 0o1777])
+@pytest.mark.parametrize("mode", [0o720, 0o770, 0o702, 0o707, 0o777])
 @pytest.mark.parametrize("where", ["directory", "locks"])
 def test_a_directory_others_can_write_is_refused(tmp_path: Path, mode: int, where: str) -> None:
     directory = tmp_path / "store"
@@ -165,6 +165,15 @@ def test_a_directory_others_can_write_is_refused(tmp_path: Path, mode: int, wher
     message = _refused(directory)
     assert "writable by group or others" in message and "chmod 700" in message
     assert not (directory / ".identity").exists(), "nothing written into it"
+
+
+def test_a_shared_directory_like_tmp_is_refused(tmp_path: Path) -> None:
+    """The advice is a directory of its own, never to chmod a shared one."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    os.chmod(directory, 0o1777)
+    message = _refused(directory)
+    assert "shared" in message and "chmod" not in message
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory away")

@@ -57,7 +57,6 @@ def test_memcached_client_is_recreated_in_a_forked_child(
     memcached_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A new pid (a fork) gets a client of its own; the parent's is kept, never closed."""
-    from flask_tokenguard.stores import base
     from flask_tokenguard.stores.memcached import MemcachedStore
 
     store = MemcachedStore.from_url(memcached_url)
@@ -65,7 +64,7 @@ def test_memcached_client_is_recreated_in_a_forked_child(
         store.ping()
         assert store._client is not None
         parent = store._client[1]
-        monkeypatch.setattr(base.os, "getpid", lambda: -1)
+        monkeypatch.setattr(os, "getpid", lambda: -1)
         store.ping()
         assert store._client[0] == -1 and store._client[1] is not parent
         assert store._orphans == [parent]
