@@ -294,6 +294,8 @@ class ServerStore(Store, Generic[_C]):
         try:
             return self._call(write)
         except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, self._unreachable):
+                raise  # refused, though the server is down for us (a read-only replica)
             first = exc
         try:
             if self._call(landed):

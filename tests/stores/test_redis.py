@@ -59,6 +59,29 @@ def test_redis_settles_an_uncertain_claim_by_reading_back(
         assert store.claim("tgtest:uncertain", "me", 5) is expected
 
 
+class _ReadOnlyRedis(_LostAnswerRedis):
+    """A replica: it refuses every write, so there is nothing to read back."""
+
+    def set(self, *args: object, **kwargs: object) -> bool:
+        import redis
+
+        raise redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
+
+    def get(self, key: str) -> object:
+        raise AssertionError("a refused write is not settled by reading back")
+
+
+def test_a_read_only_redis_is_unavailable_not_a_lost_claim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flask_tokenguard.stores.redis import RedisStore
+
+    monkeypatch.setattr(RedisStore, "_new_client", lambda self: _ReadOnlyRedis(None))
+    store = RedisStore("redis://127.0.0.1:1/0")
+    with pytest.raises(StoreUnavailable, match="read-only"):
+        store.claim("tgtest:replica", "me", 5)
+
+
 def test_redis_has_no_hidden_retries(redis_url: str) -> None:
     from redis.backoff import NoBackoff
 
