@@ -172,9 +172,7 @@ class TokenGuard:
                 ConfigKeys.CACHE_URL,
             )
         try:
-            ping = getattr(store, "ping", None)  # TODO(merge): Store.ping()
-            if ping is not None:
-                ping()
+            store.ping()
         except StoreUnavailable as exc:
             log.warning(
                 "the shared store %r (%s) cannot be reached now (%s): requests that need a"

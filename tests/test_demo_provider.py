@@ -478,11 +478,15 @@ def test_command_line(tmp_path: Path) -> None:
 
 def test_testing_package_needs_the_demo_extra() -> None:
     """Without Authlib, importing the provider names the extra to install."""
-    for module in ("flask_tokenguard.testing", "flask_tokenguard.demo_provider"):
+    for statement in (
+        "from flask_tokenguard.testing import ProviderServer",
+        "import flask_tokenguard.demo_provider",
+    ):
         code = (
             "import sys; sys.modules['authlib'] = None\n"
             "import flask_tokenguard  # the extension itself does not need it\n"
-            f"import {module}\n"
+            "from flask_tokenguard.testing import TokenGuardClient, ProviderHandle  # nor these\n"
+            f"{statement}\n"
         )
         done = subprocess.run(
             [sys.executable, "-c", code],

@@ -120,12 +120,9 @@ class Store(abc.ABC):
             raise TypeError(f"values are text, not {type(value).__name__}")
         self._publish(key, value, seconds)
 
+    @abc.abstractmethod
     def _publish(self, key: str, value: str, ttl: float) -> None:
-        """Write ``value`` (text) under ``key`` for ``ttl`` (a positive float) seconds.
-
-        Every backend implements it; a wrapper that delegates :meth:`publish` whole may not.
-        """
-        raise NotImplementedError(f"{type(self).__name__} does not implement _publish")
+        """Write ``value`` (text) under ``key`` for ``ttl`` (a positive float) seconds."""
 
     @abc.abstractmethod
     def read(self, key: str) -> str | None:

@@ -1,8 +1,10 @@
-"""Test helpers: the strict demo OAuth provider and a handle to drive it (``demo`` extra).
+"""Helpers for testing apps that use flask-tokenguard.
 
-``ProviderServer`` runs the provider on a free port of 127.0.0.1; ``ProviderHandle`` drives any
-running one over HTTP (URLs, credentials, the ``stats()`` oracle, fault switches, ``issue()``,
-``login()``, ``refresh()``). Names are loaded on first use.
+``TokenGuardClient`` is a Flask test client signed in with a token (like Flask-Login's
+``FlaskLoginClient``). ``ProviderServer`` runs the strict demo OAuth provider on a free port of
+127.0.0.1 (needs the ``demo`` extra); ``ProviderHandle`` drives any running one over HTTP (URLs,
+credentials, the ``stats()`` oracle with presentation counts, fault switches, ``issue()``,
+``login()``, ``refresh()``). Names are loaded on first use; see "Testing your app" in the README.
 """
 
 from __future__ import annotations
@@ -10,15 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-try:
-    import authlib  # noqa: F401 (only: is the demo extra installed?)
-except ImportError as error:  # pragma: no cover - tested in a subprocess
-    raise ImportError(
-        "flask_tokenguard.testing needs Authlib, from the demo extra: "
-        'pip install "flask-tokenguard[demo]"'
-    ) from error
-
 if TYPE_CHECKING:
+    from .client import TokenGuardClient
     from .handle import DEFAULT_REDIRECT_URI, ProviderHandle
     from .provider import (
         FAULTS,
@@ -32,6 +27,7 @@ if TYPE_CHECKING:
     )
 
 _WHERE = {
+    "TokenGuardClient": ".client",
     "DEFAULT_REDIRECT_URI": ".handle",
     "ProviderHandle": ".handle",
     "FAULTS": ".provider",
@@ -51,6 +47,7 @@ __all__ = [
     "ProviderHandle",
     "ProviderServer",
     "ProviderState",
+    "TokenGuardClient",
     "UnsafeHostError",
     "create_provider_app",
     "fingerprint",

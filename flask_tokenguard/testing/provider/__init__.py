@@ -75,11 +75,27 @@ The modules, one concern each: ``config`` (settings, fault names, fingerprints),
 
 from __future__ import annotations
 
-from .app import create_provider_app, get_provider_state
-from .cli import main
-from .config import FAULTS, ProviderConfig, fingerprint
-from .server import ProviderServer, UnsafeHostError
-from .state import ProviderState
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import create_provider_app, get_provider_state
+    from .cli import main
+    from .config import FAULTS, ProviderConfig, fingerprint
+    from .server import ProviderServer, UnsafeHostError
+    from .state import ProviderState
+
+_WHERE = {
+    "create_provider_app": ".app",
+    "get_provider_state": ".app",
+    "main": ".cli",
+    "FAULTS": ".config",
+    "ProviderConfig": ".config",
+    "fingerprint": ".config",
+    "ProviderServer": ".server",
+    "UnsafeHostError": ".server",
+    "ProviderState": ".state",
+}
 
 __all__ = [
     "FAULTS",
@@ -92,3 +108,24 @@ __all__ = [
     "get_provider_state",
     "main",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Load a name on first use; the server parts say which extra they need."""
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _WHERE[name] != ".config":
+        try:
+            import authlib  # noqa: F401 (only: is the demo extra installed?)
+        except ImportError as error:
+            raise ImportError(
+                "the demo provider needs Authlib, from the demo extra: "
+                'pip install "flask-tokenguard[demo]"'
+            ) from error
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
