@@ -66,6 +66,7 @@ def test_login_with_code_and_pkce(provider: ProviderHandle) -> None:
     assert reply.json() == {
         "sub": "bob",
         "name": "Bob",
+        "email": "bob@example.com",
         "token_fingerprint": fingerprint(token["access_token"]),
     }
     assert provider.stats()["code_exchanges"] == 1

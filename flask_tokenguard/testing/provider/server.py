@@ -105,6 +105,8 @@ class ProviderServer:
             self.host, self._port, self.app, threaded=True, request_handler=handler
         )
         self._server = server
+        if self.config.issuer is None:
+            self.state.issuer = self.url  # the ID tokens' iss: the base URL, whatever the Host
         self._thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.05},
