@@ -14,7 +14,7 @@ from typing import Any, Final, cast
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedTokenTypeError
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
@@ -154,6 +154,14 @@ class RevocationEndpoint(_RevocationEndpoint):  # type: ignore[misc]
     """
 
     CLIENT_AUTH_METHODS = TOKEN_AUTH_METHODS
+
+    def check_params(self, oauth_request: Any, client: DemoClient) -> None:
+        try:
+            super().check_params(oauth_request, client)
+        except UnsupportedTokenTypeError as error:
+            # RFC 7009 2.2.1 errors are RFC 6749 5.2 errors: 400 (Authlib answers 401).
+            error.status_code = 400
+            raise
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> FoundToken | None:
         state: ProviderState = self.server.state

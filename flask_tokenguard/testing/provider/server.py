@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 from collections.abc import Iterable
@@ -44,6 +45,21 @@ class _QuietRequestHandler(WSGIRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
+
+
+_ID_TOKEN_HINT = re.compile(r"(id_token_hint=)[^&\s]+")
+
+
+class _AccessLogHandler(WSGIRequestHandler):
+    """werkzeug's access log, with the ``id_token_hint`` of ``/end_session`` left out."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        line = self.requestline
+        self.requestline = _ID_TOKEN_HINT.sub(r"\1[redacted]", line)
+        try:
+            super().log_request(code, size)
+        finally:
+            self.requestline = line
 
 
 class ProviderServer:
@@ -100,7 +116,7 @@ class ProviderServer:
     def start(self) -> ProviderServer:
         if self._server is not None:
             raise RuntimeError("the provider server is already running")
-        handler = _QuietRequestHandler if self._quiet else None
+        handler = _QuietRequestHandler if self._quiet else _AccessLogHandler
         server = make_server(
             self.host, self._port, self.app, threaded=True, request_handler=handler
         )
