@@ -29,6 +29,7 @@ from flask_tokenguard.testing import (
     DEFAULT_REDIRECT_URI,
     ProviderConfig,
     ProviderHandle,
+    ProviderServer,
     ProviderState,
 )
 from flask_tokenguard.testing.provider.config import BACKCHANNEL_LOGOUT_EVENT, ID_TOKEN_FAULTS
@@ -663,3 +664,17 @@ def test_no_token_in_any_log_line(
     assert len(issued["id_tokens"]) == 3 and len(app.logout_tokens()) == 1
     for value in [*secrets, provider.client_secret]:
         assert value not in caplog.text
+
+
+def test_the_access_log_leaves_the_id_token_hint_out(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    with ProviderServer(quiet=False) as server:
+        provider = ProviderHandle(server)
+        hint = sign_in(provider)["id_token"]
+        reply = requests.get(
+            provider.end_session_url, params={"id_token_hint": hint, "state": "s"}, timeout=5
+        )
+        assert reply.status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
+    assert any("/end_session?id_token_hint=[redacted]&state=s" in line for line in lines), lines
+    assert hint not in "\n".join(lines)

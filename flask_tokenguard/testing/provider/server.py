@@ -54,12 +54,16 @@ class _AccessLogHandler(WSGIRequestHandler):
     """werkzeug's access log, with the ``id_token_hint`` of ``/end_session`` left out."""
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        line = self.requestline
+        line, path = self.requestline, getattr(self, "path", None)
         self.requestline = _ID_TOKEN_HINT.sub(r"\1[redacted]", line)
+        if path is not None:
+            self.path = _ID_TOKEN_HINT.sub(r"\1[redacted]", path)
         try:
             super().log_request(code, size)
         finally:
             self.requestline = line
+            if path is not None:
+                self.path = path
 
 
 class ProviderServer:
