@@ -27,12 +27,13 @@ from werkzeug.wrappers import Request, Response
 from flask_tokenguard.login import pkce_pair
 from flask_tokenguard.testing import (
     DEFAULT_REDIRECT_URI,
+    ID_TOKEN_FAULTS,
     ProviderConfig,
     ProviderHandle,
     ProviderServer,
     ProviderState,
 )
-from flask_tokenguard.testing.provider.config import BACKCHANNEL_LOGOUT_EVENT, ID_TOKEN_FAULTS
+from flask_tokenguard.testing.provider.config import BACKCHANNEL_LOGOUT_EVENT
 from tests.fixtures.servers import free_port, serve
 
 OIDC_SCOPE = "openid profile email"
@@ -546,8 +547,8 @@ def test_admin_logout_by_sub_or_sid(
     done = provider.logout(sub="erin")
     assert done["ended"] == done["delivered"] == 2
     assert set(done["sids"]) == sids
-    for token, sid in zip(app.logout_tokens(), done["sids"]):
-        check_logout_token(provider, token, sub="erin", sid=sid)
+    for logout_token, sid in zip(app.logout_tokens(), done["sids"]):
+        check_logout_token(provider, logout_token, sub="erin", sid=sid)
     for token in (first, second):
         assert provider.refresh(token["refresh_token"]).status_code == 400
     assert provider.userinfo(other["access_token"]).status_code == 200

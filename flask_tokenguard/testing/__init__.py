@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .handle import DEFAULT_REDIRECT_URI, ProviderHandle
     from .provider import (
         FAULTS,
+        ID_TOKEN_FAULTS,
         ProviderConfig,
         ProviderServer,
         ProviderState,
@@ -35,6 +36,7 @@ _WHERE = {
     "DEFAULT_REDIRECT_URI": ".handle",
     "ProviderHandle": ".handle",
     "FAULTS": ".provider",
+    "ID_TOKEN_FAULTS": ".provider",
     "ProviderConfig": ".provider",
     "ProviderServer": ".provider",
     "ProviderState": ".provider",
@@ -47,6 +49,7 @@ _WHERE = {
 __all__ = [
     "DEFAULT_REDIRECT_URI",
     "FAULTS",
+    "ID_TOKEN_FAULTS",
     "ProviderConfig",
     "ProviderHandle",
     "ProviderServer",
