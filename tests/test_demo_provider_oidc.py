@@ -88,6 +88,7 @@ def test_discovery_document(provider: ProviderHandle) -> None:
         "userinfo_endpoint": "/userinfo",
         "jwks_uri": "/jwks",
         "revocation_endpoint": "/revoke",
+        "introspection_endpoint": "/introspect",
         "end_session_endpoint": "/end_session",
     }
     for name, path in endpoints.items():
@@ -369,6 +370,40 @@ def test_revocation_authenticates_the_client(provider: ProviderHandle) -> None:
     public = provider.login(public=True)
     assert provider.revoke_token(public["refresh_token"], method="none").status_code == 200
     assert provider.refresh(public["refresh_token"], method="none").status_code == 400
+
+
+# --- introspection (RFC 7662) ------------------------------------------------------------------
+
+
+def test_introspection(provider: ProviderHandle) -> None:
+    token = sign_in(provider, sub="hana")
+    reply = provider.introspect(token["access_token"])
+    assert reply.status_code == 200
+    info = reply.json()
+    assert info["active"] is True
+    assert (info["sub"], info["client_id"], info["iss"]) == (
+        "hana",
+        provider.client_id,
+        provider.url,
+    )
+    assert info["scope"] == OIDC_SCOPE
+    assert info["exp"] - info["iat"] == 20
+    refresh = provider.introspect(token["refresh_token"], "refresh_token").json()
+    assert refresh["active"] is True and "exp" not in refresh
+    assert provider.stats()["max_presentations"] == 0  # introspection is no presentation
+
+    new = provider.refresh(token["refresh_token"]).json()
+    assert provider.introspect(token["refresh_token"]).json() == {"active": False}  # used
+    assert provider.introspect(new["refresh_token"]).json()["active"] is True
+    assert provider.introspect("garbage").json() == {"active": False}
+    # Another client's token is not shown to it.
+    assert provider.introspect(new["access_token"], method="none").json() == {"active": False}
+    provider.revoke_token(new["access_token"])
+    assert provider.introspect(new["access_token"]).json() == {"active": False}
+    assert provider.introspect(provider.issue()["access_token"]).json() == {"active": False}
+    unauthenticated = requests.post(provider.introspection_url, data={"token": "x"}, timeout=5)
+    assert unauthenticated.status_code == 401
+    assert provider.stats()["introspections"] == 8
 
 
 # --- RP-initiated logout -----------------------------------------------------------------------

@@ -10,7 +10,7 @@ the same for a provider in this process, in another process, or started from the
 
 For OpenID Connect: ``discovery_url``/``metadata()``, ``jwks()``, ``rotate_keys()``,
 ``set_faults(id_token_fault="wrong_aud")``, ``logout(sub=..., sid=...)``, ``end_session_url``,
-``revoke_token()`` (RFC 7009) and ``client_credentials()``.
+``revoke_token()`` (RFC 7009), ``introspect()`` (RFC 7662) and ``client_credentials()``.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class ProviderHandle:
         self.authorize_url = f"{url}/authorize"
         self.userinfo_url = f"{url}/userinfo"
         self.revocation_url = f"{url}/revoke"
+        self.introspection_url = f"{url}/introspect"
         self.end_session_url = f"{url}/end_session"
         self.jwks_url = f"{url}/jwks"
         self.discovery_url = f"{url}/.well-known/openid-configuration"
@@ -273,6 +274,19 @@ class ProviderHandle:
         if token_type_hint:
             form["token_type_hint"] = token_type_hint
         return self._client_post(self.revocation_url, form, method, None)
+
+    def introspect(
+        self,
+        token: str,
+        token_type_hint: str | None = None,
+        *,
+        method: str = "client_secret_basic",
+    ) -> requests.Response:
+        """RFC 7662 introspection at ``/introspect``, authenticated as the client."""
+        form = {"token": token}
+        if token_type_hint:
+            form["token_type_hint"] = token_type_hint
+        return self._client_post(self.introspection_url, form, method, None)
 
     def _client_post(
         self, url: str, form: dict[str, str], method: str, timeout: float | None

@@ -25,6 +25,10 @@ Endpoints (all on one Flask app, see :func:`create_provider_app`):
 ``POST /revoke``
     RFC 7009, client-authenticated like ``/token``: a refresh token takes its whole family with
     it, an access token only itself; 200 for an unknown token.
+``POST /introspect``
+    RFC 7662, client-authenticated like ``/token``; a client sees only its own tokens
+    (``active: false`` for another's, or an unknown, expired, revoked or used one). Introspecting
+    a refresh token is not a presentation.
 ``GET /userinfo``
     Bearer-protected: ``{"sub", "name", "email", "token_fingerprint"}`` (:func:`fingerprint` of
     the access token: 8 hex digits of a SHA-256); 401 for a missing, unknown, expired or revoked
@@ -59,9 +63,9 @@ without a CORS preflight. :class:`flask_tokenguard.testing.ProviderHandle` drive
     (committed rotations), ``reuse_detected``, ``grace_reuses``, ``families_revoked``,
     ``invalid_grants``, ``code_exchanges``, ``admin_issued``, ``client_credentials_requests``,
     ``client_credentials_issued``, ``id_tokens``, ``revocations`` (RFC 7009 requests answered
-    200), ``end_sessions`` (accepted ``/end_session`` requests), ``sessions_ended``,
-    ``backchannel_logouts`` (delivered), ``backchannel_logout_failures``, ``faults_fired``, the
-    pending ``faults`` and the current ``settings``.
+    200), ``introspections``, ``end_sessions`` (accepted ``/end_session`` requests),
+    ``sessions_ended``, ``backchannel_logouts`` (delivered), ``backchannel_logout_failures``,
+    ``faults_fired``, the pending ``faults`` and the current ``settings``.
 ``GET /_admin/issued``
     ``{"access_tokens": [...], "refresh_tokens": [...], "id_tokens": [...]}``: every token value
     issued since the last reset, so tests can scan stores and logs for them.

@@ -36,6 +36,7 @@ from .grants import (
     AuthorizationCodeGrant,
     BearerValidator,
     ClientCredentialsGrant,
+    IntrospectionEndpoint,
     ProviderAuthorizationServer,
     RefreshTokenGrant,
     RequireS256,
@@ -139,6 +140,7 @@ def create_provider_app(
     server.register_grant(RefreshTokenGrant)
     server.register_grant(ClientCredentialsGrant)
     server.register_endpoint(RevocationEndpoint)
+    server.register_endpoint(IntrospectionEndpoint)
     require_oauth = ResourceProtector()
     require_oauth.register_token_validator(BearerValidator(state))
 
@@ -173,6 +175,10 @@ def create_provider_app(
     @app.post("/revoke")
     def revoke() -> Response:
         return cast(Response, server.create_endpoint_response(RevocationEndpoint.ENDPOINT_NAME))
+
+    @app.post("/introspect")
+    def introspect() -> Response:
+        return cast(Response, server.create_endpoint_response(IntrospectionEndpoint.ENDPOINT_NAME))
 
     @app.get("/userinfo")
     def userinfo() -> Response:
@@ -212,6 +218,7 @@ def provider_metadata(issuer: str) -> dict[str, Any]:
         "userinfo_endpoint": f"{issuer}/userinfo",
         "jwks_uri": f"{issuer}/jwks",
         "revocation_endpoint": f"{issuer}/revoke",
+        "introspection_endpoint": f"{issuer}/introspect",
         "end_session_endpoint": f"{issuer}/end_session",
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
@@ -220,6 +227,7 @@ def provider_metadata(issuer: str) -> dict[str, Any]:
         "id_token_signing_alg_values_supported": [ID_TOKEN_ALG],
         "token_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
         "revocation_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
+        "introspection_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
         "code_challenge_methods_supported": ["S256"],
         "scopes_supported": SCOPES_SUPPORTED,
         "claims_supported": CLAIMS_SUPPORTED,

@@ -18,6 +18,7 @@ from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedTokenT
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 from flask import Flask, request
 
 from .config import (
@@ -173,6 +174,51 @@ class RevocationEndpoint(_RevocationEndpoint):  # type: ignore[misc]
     def create_endpoint_response(self, oauth_request: Any) -> Any:
         reply = super().create_endpoint_response(oauth_request)
         self.server.state.count("revocations")  # answered 200, known token or not
+        return reply
+
+
+class IntrospectionEndpoint(_IntrospectionEndpoint):  # type: ignore[misc]
+    """RFC 7662, client-authenticated like the token endpoint; a client sees its own tokens only.
+
+    ``active`` is false for an unknown, expired, revoked or (rotated) used token, or another
+    client's. Introspecting a refresh token does not count as a presentation.
+    """
+
+    CLIENT_AUTH_METHODS = TOKEN_AUTH_METHODS
+
+    def check_params(self, oauth_request: Any, client: DemoClient) -> None:
+        try:
+            super().check_params(oauth_request, client)
+        except UnsupportedTokenTypeError as error:
+            error.status_code = 400  # as for revocation
+            raise
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> FoundToken | None:
+        state: ProviderState = self.server.state
+        return state.find_token(token_string, token_type_hint)
+
+    def check_permission(self, token: FoundToken, client: DemoClient, oauth_request: Any) -> bool:
+        return token.check_client(client)
+
+    def introspect_token(self, token: FoundToken) -> dict[str, Any]:
+        record = token.record
+        payload: dict[str, Any] = {
+            "active": True,
+            "client_id": record.client_id,
+            "token_type": "Bearer" if token.kind == "access_token" else "refresh_token",
+            "scope": record.scope,
+            "sub": record.sub,
+            "aud": record.client_id,
+            "iss": issuer_of(self.server.state),
+            "iat": int(record.issued_at),
+        }
+        if token.kind == "access_token":
+            payload["exp"] = int(record.issued_at + record.expires_in)
+        return payload
+
+    def create_endpoint_response(self, oauth_request: Any) -> Any:
+        reply = super().create_endpoint_response(oauth_request)
+        self.server.state.count("introspections")
         return reply
 
 

@@ -58,6 +58,7 @@ COUNTERS: Final = (
     "client_credentials_issued",
     "id_tokens",
     "revocations",
+    "introspections",
     "end_sessions",
     "sessions_ended",
     "backchannel_logouts",
@@ -67,13 +68,23 @@ COUNTERS: Final = (
 
 @dataclass(frozen=True)
 class FoundToken:
-    """A token value looked up for RFC 7009 revocation: which record, and which of its two."""
+    """A token value looked up for revocation or introspection: which record, which of its two."""
 
     record: TokenRecord
     kind: str  # "access_token" or "refresh_token"
 
     def check_client(self, client: DemoClient) -> bool:
         return self.record.check_client(client)
+
+    def is_expired(self) -> bool:
+        """Refresh tokens do not expire here; access tokens after ``expires_in``."""
+        return self.kind == "access_token" and self.record.is_expired()
+
+    def is_revoked(self) -> bool:
+        """Revoked, or (a rotated refresh token) already used: no longer accepted."""
+        if self.kind == "access_token":
+            return self.record.is_revoked()
+        return self.record.refresh_revoked() or self.record.refresh_used_at is not None
 
 
 class ProviderState:
