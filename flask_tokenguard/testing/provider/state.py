@@ -281,10 +281,6 @@ class ProviderState:
             else:
                 found.record.access_revoked = True
 
-    def session(self, sid: str) -> Family | None:
-        with self._lock:
-            return self._sessions.get(sid)
-
     def end_sessions(self, *, sid: str | None = None, sub: str | None = None) -> list[Family]:
         """End the sessions with this ``sid`` and/or of this ``sub``: revoke their families.
 
