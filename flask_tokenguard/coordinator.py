@@ -122,12 +122,16 @@ class Grant:
     idempotent: bool = False
 
     def settle(self, error: RefreshError) -> RefreshError:
+        """The failure as published: for an idempotent grant, an ambiguous outcome is transient
+        and ``invalid_grant`` is the client's configuration (there is no user to sign in)."""
         if self.idempotent and isinstance(error, OutcomeUnknown):
             return ProviderUnavailable(
                 f"{error.message}; nothing is consumed by this grant, so it is tried again",
                 status=error.status,
                 error=error.error,
             )
+        if self.idempotent and isinstance(error, InvalidGrant):
+            return ProviderError(error.message, status=error.status, error=error.error)
         return error
 
 

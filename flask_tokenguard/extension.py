@@ -17,7 +17,7 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -37,6 +37,8 @@ from flask.typing import ResponseReturnValue
 from werkzeug.routing import BuildError
 from werkzeug.wrappers import Response as BaseResponse
 
+from .apptoken import AppTokens
+from .bearer import BearerSession
 from .config import DEFAULTS, ConfigKeys, Settings, check_secret, unknown_keys
 from .coordinator import Coordinator, Policy
 from .errors import (
@@ -80,6 +82,7 @@ class _AppState:
     rules: TokenRules
     login: LoginFlow
     store: Store
+    app_tokens: AppTokens
     #: endpoint -> whether the hook skips it (an endpoint's view and blueprints never change)
     exempt: dict[str | None, bool] = field(default_factory=dict)
 
@@ -119,15 +122,11 @@ class TokenGuard:
         credentials = ClientCredentials(
             settings.client_id, settings.client_secret, settings.client_auth
         )
-        coordinator = Coordinator(
-            RefreshClient(
-                settings.token_url, credentials, default_retry_after=settings.retry_after
-            ),
-            store,
-            keys,
-            RecordCodec(Sealer(secrets, "store")),
-            Policy.from_settings(settings),
+        client = RefreshClient(
+            settings.token_url, credentials, default_retry_after=settings.retry_after
         )
+        codec = RecordCodec(Sealer(secrets, "store"))
+        coordinator = Coordinator(client, store, keys, codec, Policy.from_settings(settings))
         tokens = SessionTokens(
             settings.session_key, Sealer(secrets, "session"), keys, settings.leeway
         )
@@ -144,6 +143,16 @@ class TokenGuard:
                 timeout=settings.provider_timeout,
             ),
             store=store,
+            app_tokens=AppTokens(
+                coordinator,
+                client,
+                store,
+                keys,
+                codec,
+                leeway=settings.leeway,
+                wait_timeout=settings.wait_timeout,
+                confidential=settings.client_auth != "none",
+            ),
         )
         install_redaction()
         self._check_store(store)
@@ -305,12 +314,45 @@ class TokenGuard:
         return request_state.error if isinstance(request_state, RequestState) else None
 
     def requests_session(self) -> requests.Session:
-        """A ``requests.Session`` that sends the current access token as a bearer token."""
+        """A ``requests.Session`` that sends the current access token as a bearer token.
+
+        A 401 from an API called through it refreshes the token once (:meth:`refresh_now`,
+        shared with every request that needs it) and retries the call once. Use it inside
+        the request that made it.
+        """
         token = self.token
-        http = requests.Session()
-        if token is not None:
-            http.headers["Authorization"] = f"Bearer {token['access_token']}"
-        return http
+        current = {"access_token": token["access_token"] if token is not None else None}
+
+        def renew(refused: str) -> str | None:
+            if current["access_token"] == refused:
+                new = self.refresh_now()
+                current["access_token"] = new["access_token"] if new is not None else None
+            return current["access_token"]
+
+        return BearerSession(lambda: current["access_token"], renew)
+
+    def client_token(self, scope: str | Sequence[str] | None = None) -> Token:
+        """The app's own token (client-credentials grant) for ``scope``, fresh.
+
+        Shared by every thread, worker and host through the store, sealed; fetched once
+        everywhere when it nears expiry. Needs an app context, not a request. Raises a
+        :class:`~flask_tokenguard.errors.RefreshError` when none can be had.
+        """
+        return self._state().app_tokens.get(scope)
+
+    def client_session(self, scope: str | Sequence[str] | None = None) -> requests.Session:
+        """A ``requests.Session`` that sends the app's own token (see :meth:`client_token`).
+
+        A 401 from an API called through it fetches a new app token once (shared by every
+        request that saw the same token refused) and retries the call once. Made in an app
+        context, it may then be used anywhere (a background thread, say).
+        """
+        app_tokens = self._state().app_tokens
+        scopes = scope if isinstance(scope, str) or scope is None else tuple(scope)
+        return BearerSession(
+            lambda: str(app_tokens.get(scopes)["access_token"]),
+            lambda refused: str(app_tokens.renew(scopes, refused)["access_token"]),
+        )
 
     def refresh_if_needed(self) -> RequestState:
         """Bring the session's token up to date, once per request (the hook calls this)."""
