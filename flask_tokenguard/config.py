@@ -45,6 +45,7 @@ class ConfigKeys:
     SECRET = "TOKENGUARD_SECRET"  # noqa: S105
     SECRET_FALLBACKS = "TOKENGUARD_SECRET_FALLBACKS"  # noqa: S105
     ALLOW_INSECURE_LOOPBACK = "TOKENGUARD_ALLOW_INSECURE_LOOPBACK"
+    GRANT_STORE_URL = "TOKENGUARD_GRANT_STORE_URL"
 
 
 K = ConfigKeys
@@ -75,6 +76,7 @@ DEFAULTS: Mapping[str, Any] = {
     K.SECRET: None,
     K.SECRET_FALLBACKS: (),
     K.ALLOW_INSECURE_LOOPBACK: False,
+    K.GRANT_STORE_URL: None,
 }
 
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
@@ -117,6 +119,8 @@ class Settings:
     secret: str | bytes | None = field(repr=False)
     secret_fallbacks: tuple[str | bytes, ...] = field(repr=False)
     allow_insecure_loopback: bool = False
+    #: an SQLAlchemy URL, an Engine, or a callable returning one (may hold a password)
+    grant_store_url: Any = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -185,6 +189,7 @@ class Settings:
             secret=secret,
             secret_fallbacks=tuple(fallbacks),
             allow_insecure_loopback=loopback,
+            grant_store_url=_grant_store(config),
         )
 
 
@@ -311,6 +316,26 @@ def _sequence(config: Mapping[str, Any], key: str) -> tuple[Any, ...]:
     if isinstance(value, Iterable):
         return tuple(value)
     raise ConfigurationError(f"{key} must be a list")
+
+
+def _grant_store(config: Mapping[str, Any]) -> Any:
+    """A URL (``scheme://...``), an SQLAlchemy Engine, or a callable returning one; or None."""
+    value = config.get(K.GRANT_STORE_URL)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        if "://" not in value:
+            raise ConfigurationError(
+                f"{K.GRANT_STORE_URL} must be an SQLAlchemy URL such as"
+                " postgresql://user@host/db or sqlite:////abs/path.db"
+            )
+        return value
+    if callable(value) or hasattr(value, "dialect"):
+        return value
+    raise ConfigurationError(
+        f"{K.GRANT_STORE_URL} must be a URL, an SQLAlchemy Engine or a callable returning one,"
+        f" not {type(value).__name__}"
+    )
 
 
 def _scope(config: Mapping[str, Any]) -> tuple[str, ...] | None:

@@ -17,9 +17,10 @@ import math
 import os
 import shlex
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import requests
 from flask import (
@@ -39,6 +40,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from .apptoken import AppTokens
 from .bearer import BearerSession
+from .cli import tokenguard_cli
 from .config import DEFAULTS, ConfigKeys, Settings, check_secret, unknown_keys
 from .coordinator import Coordinator, Policy
 from .errors import (
@@ -61,12 +63,16 @@ from .stores.base import Store
 from .stores.uri import store_from_uri
 from .token import Token
 
+if TYPE_CHECKING:
+    from .grants import GrantStore
+
 log = logging.getLogger("flask_tokenguard")
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXTENSION_KEY = "tokenguard"
 _G = "_tokenguard"
 _EXEMPT_ATTR = "_tokenguard_exempt"
+_GRANT_STORE_LOCK = threading.Lock()
 
 #: What clients are told; details (hosts, provider error text) go to the log only.
 UNAUTHORIZED_MESSAGE = "sign-in required"
@@ -85,6 +91,8 @@ class _AppState:
     app_tokens: AppTokens
     #: endpoint -> whether the hook skips it (an endpoint's view and blueprints never change)
     exempt: dict[str | None, bool] = field(default_factory=dict)
+    #: opened on first use (``TokenGuard.grant_store``)
+    grant_store: GrantStore | None = None
 
     def __repr__(self) -> str:
         return f"<TokenGuard state client_id={self.settings.client_id!r} store={self.store!r}>"
@@ -159,6 +167,7 @@ class TokenGuard:
         # The hooks get this app's state bound in: no lookup through current_app per request.
         app.before_request(functools.partial(self._before_request, state))
         app.after_request(functools.partial(self._after_request, state))
+        app.cli.add_command(tokenguard_cli)
 
     @staticmethod
     def _secrets(app: Flask, settings: Settings) -> list[str | bytes]:
@@ -367,6 +376,29 @@ class TokenGuard:
         state = self._state()
         request_state = self._request_state()
         return state.rules.refresh_now(session, request_state, self._announcer())
+
+    def grant_store(self) -> GrantStore:
+        """The durable grant store of ``TOKENGUARD_GRANT_STORE_URL``, opened on first use.
+
+        Needs the ``sql`` extra (an ImportError names it) and an app context.
+        """
+        state = self._state()
+        with _GRANT_STORE_LOCK:
+            if state.grant_store is None:
+                target = state.settings.grant_store_url
+                if target is None:
+                    raise ConfigurationError(
+                        f"{ConfigKeys.GRANT_STORE_URL} is not set: the grant store needs a"
+                        " database (postgresql://... or sqlite:///...)"
+                    )
+                from .grants import open_grant_store
+
+                state.grant_store = open_grant_store(
+                    target,
+                    client_id=state.settings.client_id,
+                    sealing_secrets=self._secrets(current_app, state.settings),
+                )
+            return state.grant_store
 
     # -- sign-in and sign-out --------------------------------------------------------------
 
