@@ -17,7 +17,7 @@ sa = pytest.importorskip("sqlalchemy", reason="SQLAlchemy is not installed (the 
 
 from flask import Flask  # noqa: E402
 
-from flask_tokenguard import TokenGuard  # noqa: E402
+from flask_tokenguard import ConfigurationError, TokenGuard  # noqa: E402
 from flask_tokenguard.grants import GrantStore, engine_url  # noqa: E402
 from flask_tokenguard.sealing import Sealer  # noqa: E402
 
@@ -245,3 +245,9 @@ def test_cli_without_a_grant_store_names_the_key(tmp_path: Path) -> None:
     result = app.test_cli_runner().invoke(args=["tokenguard", "purge"])
     assert result.exit_code == 2
     assert "TOKENGUARD_GRANT_STORE_URL" in result.output
+
+
+@pytest.mark.parametrize("value", ["grants.db", 42, ["sqlite://"]])
+def test_a_bad_grant_store_setting_is_refused_at_startup(tmp_path: Path, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match="TOKENGUARD_GRANT_STORE_URL"):
+        cli_app(tmp_path, value)
