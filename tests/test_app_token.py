@@ -86,10 +86,14 @@ def test_threads_share_one_fetch_and_the_store_keeps_it_sealed(
         assert guard_of(other).client_token()["access_token"] == tokens[0]
     assert cc_requests(provider) == 1
 
-    # Nothing in the store holds a token or the client secret in clear, key nor value.
+    assert_nothing_in_clear(provider, redis_url, redis_prefix)
+
+
+def assert_nothing_in_clear(provider: Any, redis_url: str, prefix: str) -> None:
+    """No key name or value under ``prefix`` holds a token or the client secret in clear."""
     client = redis.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match=redis_prefix + "*"))
+        keys = list(client.scan_iter(match=prefix + "*"))
         assert keys
         secrets = [*provider.issued_tokens(), provider.client_secret]
         for key in keys:
@@ -196,6 +200,7 @@ def test_four_workers_fetch_the_app_token_once_per_expiry(
     config = json.dumps({"TOKENGUARD_KEY_PREFIX": redis_prefix + "tg"})
     server = gunicorn(redis_url, workers=4, threads=8, TG_CONFIG=config)
     app_token_rounds(provider, [f"{server.url}/_test/app-token"])
+    assert_nothing_in_clear(provider, redis_url, redis_prefix)
 
 
 @pytest.mark.slow
