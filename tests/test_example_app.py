@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import pickle
-import socket
 import struct
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from .fixtures.servers import free_port
 from .fixtures.services import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,12 +41,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASK_", "OAUTHLIB_"))}
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
