@@ -121,7 +121,7 @@ def test_a_hanging_provider_ends_every_request_within_the_bound(provider, guarde
     result = burst(http, f"{base}/api/profile", N)
     elapsed = time.monotonic() - started
 
-    assert elapsed < FAST["TOKENGUARD_WAIT_TIMEOUT"] + 1.5
+    assert elapsed < FAST["TOKENGUARD_WAIT_TIMEOUT"] + 4  # the wait bound, not the 30 s hang
     assert result.statuses == [401] * N  # ambiguous and expired
     assert provider.presentations(token["refresh_token"]) == 1
     stale = new_client(base, token)
