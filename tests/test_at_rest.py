@@ -1,4 +1,6 @@
-"""Issue 6: tokens are never in clear at rest, and nothing at rest is loaded with pickle.
+"""Tokens are never in clear at rest, and nothing at rest is loaded with pickle.
+
+docs/design.md, "Sealing and key names".
 
 The session holds ``{"v", "exp", "fp", "st", "box"}`` with the token sealed in ``box``
 (AES-GCM, bound to the readable fields and to the session's ``<key>_sid``); the shared store

@@ -1,4 +1,7 @@
-"""Bad input gets a clear error and loses nothing; no secret ever reaches a log."""
+"""Bad input gets a clear error and loses nothing; no secret ever reaches a log.
+
+docs/design.md, "Outcome classes" (classification) and "Sealing and key names" (logs).
+"""
 
 from __future__ import annotations
 

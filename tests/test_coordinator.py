@@ -1,4 +1,7 @@
-"""The coordinator as a plain class: no Flask, the real provider, an in-memory store."""
+"""The coordinator as a plain class: no Flask, the real provider, an in-memory store.
+
+docs/design.md, "The protocol".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Ways 5 and 7 of PROBLEM.md: every failure class fans out to every waiting request.
+"""Every failure class fans out to every waiting request.
+
+docs/design.md, "Failure ways" (5. Ambiguous failure, 7. Error fan-out) and "Outcome classes".
 
 Each test bursts one user's requests at the real provider with a fault armed, and checks
 what every request got, what the session keeps, and how often the token was presented.

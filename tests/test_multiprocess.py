@@ -1,4 +1,7 @@
-"""Ways 2 and 6 of PROBLEM.md: one refresh across gunicorn workers and hosts.
+"""One refresh across gunicorn workers and hosts, and a leader killed around its call.
+
+docs/design.md, "Failure ways" (2. Duplicate refresh across processes and hosts, 6. Leader
+death) and "What each store guarantees".
 
 Real gunicorn workers (4 x 8 threads), the strict provider over HTTP, the real Redis or a
 file store; one user's burst of 48 requests with an expired token, five rotations.

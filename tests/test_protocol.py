@@ -1,5 +1,8 @@
-"""Ways 3, 4 and 7 of PROBLEM.md across requests: late arrivals, stale sessions, lost
-updates, logouts, several users, store outages and restarts, the provider's grace window.
+"""The protocol across requests: late arrivals, stale sessions, lost updates, logouts, several
+users, store outages and restarts, the provider's grace window.
+
+docs/design.md, "Failure ways" (3. Late arrival, 4. Lost update of the session, 7. Error
+fan-out), "The protocol" and "The per-request rules".
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The in-process single flight, driven by plain threads (no Flask, no provider)."""
+"""The in-process single flight, driven by plain threads (no Flask, no provider).
+
+docs/design.md, "Failure ways" (1. Duplicate refresh inside one process).
+"""
 
 from __future__ import annotations
 
