@@ -51,6 +51,11 @@ def requirements(project: dict, extras: list[str]) -> list[str]:
     return found
 
 
+def _release(version: str) -> tuple[int, ...]:
+    """``"1.7.2"`` -> ``(1, 7, 2)``, enough to compare plain release floors."""
+    return tuple(int(part) if part.isdigit() else 0 for part in version.split("."))
+
+
 def floors(reqs: list[str]) -> dict[str, str]:
     """``{name: lowest version}`` for every requirement with a ``>=`` floor."""
     pins: dict[str, str] = {}
@@ -65,9 +70,8 @@ def floors(reqs: list[str]) -> dict[str, str]:
             continue
         name = canonical(match.group(1))
         version = floor.group(1)
-        if name in pins and pins[name] != version:
-            raise SystemExit(f"{name} has two floors: {pins[name]} and {version}")
-        pins[name] = version
+        if name not in pins or _release(version) > _release(pins[name]):
+            pins[name] = version  # of two floors, the higher one is the lowest installable
     return pins
 
 
