@@ -7,16 +7,14 @@ secret key there. ``gunicorn example_app:app`` serves the same app from the envi
 a provider that runs on its own; see the README.
 
 Two routes call the same protected API: ``/api/profile`` through the extension (one refresh
-per refresh token, however many requests race), and ``/api/profile-naive``, which refreshes
-the way requests-oauthlib's documentation shows, so a burst of it presents one refresh token
-many times and the strict provider revokes the whole token family.
+per refresh token, however many requests race), and ``/api/profile-naive`` (in
+``example_naive.py``), which refreshes the way requests-oauthlib's documentation shows, so a
+burst of it presents one refresh token many times and the strict provider revokes the whole
+token family.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import os
 import secrets
 import tempfile
@@ -26,18 +24,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from cachelib.file import FileSystemCache
-from cachelib.serializers import JSONSerializer
-from cryptography.fernet import Fernet, InvalidToken
 from flask import Flask, current_app, jsonify, redirect, render_template, session, url_for
 from flask.typing import ResponseReturnValue
-from flask_session import Session
-from flask_session.base import Serializer
-from oauthlib.oauth2 import OAuth2Error
-from requests_oauthlib import OAuth2Session
 from werkzeug.serving import WSGIRequestHandler
 
+import example_naive
 from flask_tokenguard import ConfigurationError, LoginError, TokenGuard
+from flask_tokenguard.sessions import REDIS_SCHEMES, init_sessions
 
 #: Configuration keys without which the app cannot work, as ``from_prefixed_env`` names them.
 REQUIRED = ("TOKENGUARD_TOKEN_URL", "TOKENGUARD_AUTHORIZE_URL", "EXAMPLE_API_URL")
@@ -50,6 +43,11 @@ DEFAULTS: Mapping[str, Any] = {
     "TOKENGUARD_CLIENT_SECRET": "demo-secret",
     # The extension's default (60 s) is longer than the demo's 20 s tokens.
     "TOKENGUARD_LEEWAY": 5,
+    # Plain http:// only to 127.0.0.1, ::1 and localhost (the demo provider); https anywhere.
+    "TOKENGUARD_ALLOW_INSECURE_LOOPBACK": True,
+    # Requests whose Host header names another host get 400: a page on another site cannot
+    # reach this one through DNS rebinding. Served elsewhere, list its names here.
+    "TRUSTED_HOSTS": ["127.0.0.1", "localhost", "::1"],
     # The provider's counters: None derives <provider>/_admin/stats for a demo provider on
     # this host; "" turns them off.
     "EXAMPLE_PROVIDER_STATS_URL": None,
@@ -71,9 +69,8 @@ STAT_KEYS = (
     "code_exchanges",
 )
 
-#: The example's own session keys (the extension keeps its token under its own key).
+#: The example's own session key (the extension keeps its token under its own key).
 USER_KEY = "example_user"
-NAIVE_KEY = "example_naive_token"
 
 guard = TokenGuard()
 
@@ -109,23 +106,24 @@ def create_app(
         )
     os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
     _secret_key(app)
-    _allow_loopback_http(app)
     if app.config["EXAMPLE_PROVIDER_STATS_URL"] is None:
         app.config["EXAMPLE_PROVIDER_STATS_URL"] = _demo_stats_url(app.config)
-    _sessions(app)
+    # Sessions beside the extension's store in Redis, else in files under the instance folder;
+    # never unpickled either way.
+    cache_url = str(app.config.get("TOKENGUARD_CACHE_URL") or "")
+    init_sessions(app, cache_url if cache_url.startswith(REDIS_SCHEMES) else None)
     guard.init_app(app)
-    app.extensions["tokenguard_example"] = NaiveTokens(app.config["SECRET_KEY"])
     for rule, view in (
         ("/", index),
         ("/login", login),
         ("/callback", callback),
         ("/logout", logout),
         ("/api/profile", profile),
-        ("/api/profile-naive", profile_naive),
         ("/api/status", status),
         ("/api/provider-stats", provider_stats),
     ):
         app.add_url_rule(rule, view_func=view)
+    app.register_blueprint(example_naive.blueprint(guard))  # /api/profile-naive
     return app
 
 
@@ -155,137 +153,12 @@ def _secret_key(app: Flask) -> None:
         app.config["SECRET_KEY"] = f.read().strip()
 
 
-def _allow_loopback_http(app: Flask) -> None:
-    """Let requests-oauthlib use plain http, only when every http:// URL is on this host."""
-    urls = [app.config[k] for k in REQUIRED if isinstance(app.config.get(k), str)]
-    plain = [urlsplit(url) for url in urls if url.startswith("http://")]
-    if not plain:
-        return
-    if all(parts.hostname in LOOPBACK for parts in plain):
-        os.environ["OAUTHLIB_INSECURE_TRANSPORT"] = "1"
-    else:
-        app.logger.warning("plain http:// to another host: requests-oauthlib will refuse it")
-
-
 def _demo_stats_url(config: Mapping[str, Any]) -> str:
     """``<provider>/_admin/stats`` when the token endpoint is a demo provider's on this host."""
     parts = urlsplit(str(config["TOKENGUARD_TOKEN_URL"]))
     if parts.scheme != "http" or parts.hostname not in LOOPBACK or parts.path != "/token":
         return ""
     return f"http://{parts.netloc}/_admin/stats"
-
-
-def _sessions(app: Flask) -> None:
-    """Flask-Session, never reading with pickle: in Redis beside the store, else in files.
-
-    Flask-Session 0.8 falls back to ``pickle.loads`` on undecodable Redis data and hands
-    cachelib sessions to a file cache that pickles by default: whoever can write the session
-    store would run code in the app. Both get serializers that only speak msgpack or JSON.
-    """
-    cache_url = app.config.get("TOKENGUARD_CACHE_URL")
-    if isinstance(cache_url, str) and cache_url.startswith(("redis://", "rediss://")):
-        import redis
-
-        app.config["SESSION_TYPE"] = "redis"
-        app.config["SESSION_REDIS"] = redis.Redis.from_url(
-            cache_url, socket_timeout=5, socket_connect_timeout=5
-        )
-        Session(app)
-        app.session_interface.serializer = MsgpackOnly()  # type: ignore[attr-defined]
-        return
-    directory = os.path.join(app.instance_path, "sessions")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    cache = FileSystemCache(
-        directory,
-        # No threshold: with one, cachelib keeps a file count among the sessions, read
-        # through the same serializer (which only accepts sessions).
-        threshold=0,
-        mode=0o600,
-    )
-    cache.serializer = JSONSessionSerializer()  # type: ignore[assignment]  # not pickle
-    app.config["SESSION_TYPE"] = "cachelib"
-    app.config["SESSION_CACHELIB"] = cache
-    Session(app)
-
-
-class MsgpackOnly(Serializer):  # type: ignore[misc]
-    """Flask-Session's Redis serializer without its JSON and pickle fallbacks."""
-
-    def __init__(self) -> None:
-        import msgspec
-
-        self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(dict[str, Any])
-        self._error = msgspec.DecodeError
-
-    def encode(self, session: Mapping[str, Any]) -> bytes:
-        return bytes(self._encoder.encode(dict(session)))
-
-    def decode(self, serialized_data: bytes) -> dict[str, Any] | None:
-        """None for anything but a msgpack map: Flask-Session then starts a new session."""
-        try:
-            return dict(self._decoder.decode(serialized_data))
-        except self._error:
-            current_app.logger.warning("ignoring a session that is not msgpack")
-            return None
-
-
-class JSONSessionSerializer(JSONSerializer):
-    """cachelib's JSON file serializer, returning only objects (a session is a dict)."""
-
-    def load(self, f: Any, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
-        data = super().load(f, *args, **kwargs)
-        return data if isinstance(data, dict) else None
-
-
-class NaiveTokens:
-    """The naive route's copy of the token, under its own session key, sealed.
-
-    requests-oauthlib's recipe keeps the token in the session as is; the copy is sealed
-    (Fernet, a key derived from SECRET_KEY) so that the session store never holds a token in
-    clear. It starts as the token the extension holds, so both routes race from the same one.
-    """
-
-    def __init__(self, secret: str | bytes) -> None:
-        raw = secret.encode() if isinstance(secret, str) else secret
-        digest = hashlib.sha256(b"flask-tokenguard example: naive token\0" + raw).digest()
-        self._fernet = Fernet(base64.urlsafe_b64encode(digest))
-
-    def load(self) -> dict[str, Any] | None:
-        box = _naive_record().get("box")
-        if not isinstance(box, str):
-            return None
-        try:
-            token = json.loads(self._fernet.decrypt(box))
-        except (InvalidToken, ValueError):
-            return None
-        return token if isinstance(token, dict) else None
-
-    def save(self, token: Mapping[str, Any]) -> None:
-        """The recipe's ``token_updater``: the session now holds the new token."""
-        session[NAIVE_KEY] = {
-            "rt": _fingerprint(token.get("refresh_token")),
-            "box": self._fernet.encrypt(json.dumps(dict(token)).encode()).decode("ascii"),
-        }
-
-    def follow(self, token: Mapping[str, Any]) -> None:
-        """Take the extension's token when it differs, so both routes start from the same."""
-        if _naive_record().get("rt") != _fingerprint(token.get("refresh_token")):
-            self.save(token)
-
-
-def _naive() -> NaiveTokens:
-    naive: NaiveTokens = current_app.extensions["tokenguard_example"]
-    return naive
-
-
-def _naive_record() -> dict[str, Any]:
-    record = session.get(NAIVE_KEY)
-    return record if isinstance(record, dict) else {}
-
-
-def _fingerprint(value: Any) -> str:
-    return hashlib.sha256(str(value).encode()).hexdigest()[:16]
 
 
 # -- views --------------------------------------------------------------------------------------
@@ -309,7 +182,7 @@ def callback() -> ResponseReturnValue:
     except LoginError as exc:
         page = _page_state(_current_token(), error=f"Sign-in failed: {exc}")
         return render_template("index.html", page=page), 400
-    _naive().follow(token)
+    example_naive.follow(token)
     with guard.requests_session() as http:
         try:
             profile = _call_api(http)
@@ -340,39 +213,6 @@ def profile() -> ResponseReturnValue:
             return jsonify(profile=_call_api(http))
         except ApiError as exc:
             return jsonify(error=str(exc)), 502
-
-
-@guard.exempt  # the extension must not refresh first: this route shows life without it
-def profile_naive() -> ResponseReturnValue:
-    """The API call refreshed the way requests-oauthlib's docs show, without the extension.
-
-    Every request of a burst that finds the access token expired sends the same refresh token;
-    a strict provider answers all but the first with ``invalid_grant`` and revokes the family.
-    """
-    naive = _naive()
-    token = naive.load()
-    if token is None:
-        return jsonify(error="not signed in"), 401
-    config = current_app.config
-    extra = {
-        "client_id": config["TOKENGUARD_CLIENT_ID"],
-        "client_secret": config["TOKENGUARD_CLIENT_SECRET"],
-    }
-    client = OAuth2Session(
-        config["TOKENGUARD_CLIENT_ID"],
-        token=token,
-        auto_refresh_url=config["TOKENGUARD_TOKEN_URL"],
-        auto_refresh_kwargs=extra,
-        token_updater=naive.save,
-    )
-    try:
-        return jsonify(profile=_call_api(client))
-    except OAuth2Error as exc:  # invalid_grant: the refresh token was used already
-        return jsonify(error=exc.error, message=exc.description), 401
-    except ApiError as exc:
-        return jsonify(error=str(exc)), 401 if exc.status == 401 else 502
-    finally:
-        client.close()
 
 
 def status() -> ResponseReturnValue:
@@ -424,13 +264,13 @@ def _current_token() -> dict[str, Any] | None:
     if token is None:
         _forget()
     else:
-        _naive().follow(token)
+        example_naive.follow(token)
     return token
 
 
 def _forget() -> None:
-    for key in (NAIVE_KEY, USER_KEY):
-        session.pop(key, None)
+    session.pop(USER_KEY, None)
+    example_naive.forget()
 
 
 def _page_state(token: Mapping[str, Any] | None, error: str | None = None) -> dict[str, Any]:
@@ -471,9 +311,27 @@ app: Flask  # built on first access, from the environment (PEP 562), so importin
 
 def __getattr__(name: str) -> Any:
     if name == "app":
-        built = globals()["app"] = create_app()
+        built = globals()["app"] = _ready_to_serve(create_app())
         return built
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _ready_to_serve(app: Flask) -> Flask:
+    """What only a process entry point does, once, before serving: never in the factory.
+
+    requests-oauthlib (the naive route) reads ``OAUTHLIB_INSECURE_TRANSPORT`` from the
+    process environment on every call; it is set here, and only when the app talks plain
+    http to this host alone (``example_naive.allow_loopback_http``).
+    """
+    if not example_naive.allow_loopback_http(app.config):
+        for key in ("TOKENGUARD_TOKEN_URL", "EXAMPLE_API_URL"):
+            if str(app.config.get(key, "")).startswith("http://"):
+                app.logger.warning(
+                    "%s is plain http://, which requests-oauthlib refuses: the example allows"
+                    " it only to this host, with TOKENGUARD_ALLOW_INSECURE_LOOPBACK",
+                    key,
+                )
+    return app
 
 
 class _AccessLog(WSGIRequestHandler):
@@ -521,7 +379,7 @@ def main() -> None:
             flush=True,
         )
     try:
-        create_app(config).run(
+        _ready_to_serve(create_app(config)).run(
             host="127.0.0.1", port=port, threaded=True, request_handler=_AccessLog
         )
     finally:

@@ -40,7 +40,7 @@ from werkzeug.test import EnvironBuilder
 
 from flask_tokenguard import TokenGuard
 
-SECRET_KEY = "benchmark-secret-key"
+SECRET_KEY = "benchmark-secret-key-of-thirty-two-bytes!"
 TOKEN = {
     "access_token": "a" * 43,
     "refresh_token": "r" * 48,
@@ -58,6 +58,7 @@ def build_app(guarded: bool) -> tuple[Flask, TokenGuard | None]:
         TOKENGUARD_CLIENT_ID="bench-client",
         TOKENGUARD_CLIENT_SECRET="bench-secret",
         TOKENGUARD_TOKEN_URL="http://127.0.0.1:9/token",
+        TOKENGUARD_ALLOW_INSECURE_LOOPBACK=True,
         TOKENGUARD_CACHE_URL="simple://",
     )
     guard = TokenGuard(app) if guarded else None
@@ -79,7 +80,7 @@ def session_cookie(app: Flask, guard: TokenGuard) -> str:
     """A session cookie holding the sealed token, exactly as a response would set it."""
     token = {**TOKEN, "expires_at": time.time() + TOKEN["expires_in"]}
     with app.test_request_context("/"):
-        guard.store_token(token)
+        guard.login(token)
         data = dict(flask.session)
     serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
     return f"session={serializer.dumps(data)}"

@@ -54,7 +54,7 @@ from flask_tokenguard.records import RecordCodec
 from flask_tokenguard.sealing import Sealer
 from flask_tokenguard.singleflight import SingleFlight
 from flask_tokenguard.stores.base import Store
-from flask_tokenguard.token import normalize
+from flask_tokenguard.token import accept, restore
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as ``python benchmarks/<script>.py`` from anywhere
@@ -102,7 +102,7 @@ def codec() -> RecordCodec:
 
 def result_value(key: str) -> str:
     """A published success record, sealed, as the coordinator writes it."""
-    token = normalize(
+    token = accept(
         {
             "access_token": "a" * 43,
             "refresh_token": uuid.uuid4().hex * 2,
@@ -121,7 +121,7 @@ def wait_and_adopt(store: Store, records: RecordCodec, key: str) -> bool:
             text = store.read(key)
             record = records.decode(key, text) if text is not None else None
             if record is not None and record.get("outcome") == "ok":
-                normalize(record["token"])
+                restore(record["token"])
                 return True
     return False
 

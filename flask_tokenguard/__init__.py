@@ -1,39 +1,32 @@
-"""flask-tokenguard: one OAuth refresh per refresh token, across threads, processes and hosts."""
+"""flask-tokenguard: one OAuth refresh per refresh token, across threads, processes and hosts.
+
+The names most apps need are here; every error class is in :mod:`flask_tokenguard.errors`.
+"""
 
 from .config import ConfigKeys
 from .errors import (
     ConfigurationError,
     LoginError,
-    ProviderConfigurationError,
-    RefreshAmbiguous,
-    RefreshDefinitive,
+    Outcome,
     RefreshError,
-    RefreshTimeout,
-    RefreshTransient,
     StoreError,
-    StoreUnavailable,
-    TokenError,
     TokenGuardError,
 )
-from .extension import TokenGuard, current_token
+from .extension import TokenGuard
 from .signals import token_refresh_failed, token_refreshed
+from .token import Token, TokenState
 
 __all__ = [
     "ConfigKeys",
     "ConfigurationError",
     "LoginError",
-    "ProviderConfigurationError",
-    "RefreshAmbiguous",
-    "RefreshDefinitive",
+    "Outcome",
     "RefreshError",
-    "RefreshTimeout",
-    "RefreshTransient",
     "StoreError",
-    "StoreUnavailable",
-    "TokenError",
+    "Token",
     "TokenGuard",
     "TokenGuardError",
-    "current_token",
+    "TokenState",
     "token_refresh_failed",
     "token_refreshed",
 ]

@@ -8,9 +8,12 @@ key's name rather than at the first refresh. Values may come from
 
 from __future__ import annotations
 
+import difflib
+import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 
@@ -41,6 +44,7 @@ class ConfigKeys:
     LOGIN_VIEW = "TOKENGUARD_LOGIN_VIEW"
     SECRET = "TOKENGUARD_SECRET"  # noqa: S105
     SECRET_FALLBACKS = "TOKENGUARD_SECRET_FALLBACKS"  # noqa: S105
+    ALLOW_INSECURE_LOOPBACK = "TOKENGUARD_ALLOW_INSECURE_LOOPBACK"
 
 
 K = ConfigKeys
@@ -70,12 +74,19 @@ DEFAULTS: Mapping[str, Any] = {
     K.LOGIN_VIEW: None,
     K.SECRET: None,
     K.SECRET_FALLBACKS: (),
+    K.ALLOW_INSECURE_LOOPBACK: False,
 }
 
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 STORE_FALLBACKS = ("closed", "process")
 #: Transient outcomes are remembered for their Retry-After, but never longer than this.
 TRANSIENT_TTL_CAP = 5.0
+#: Hosts to which plain http:// is allowed with TOKENGUARD_ALLOW_INSECURE_LOOPBACK.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+#: Secrets shorter than this (in bytes) are logged as weak.
+MIN_SECRET_BYTES = 32
+
+log = logging.getLogger("flask_tokenguard")
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,7 @@ class Settings:
     """The checked configuration of one app."""
 
     client_id: str
-    client_secret: str | None
+    client_secret: str | None = field(repr=False)
     client_auth: str
     authorize_url: str | None
     token_url: str
@@ -103,13 +114,15 @@ class Settings:
     exempt: frozenset[str]
     auto_refresh: bool
     login_view: str | None
-    secret: str | bytes | None
-    secret_fallbacks: tuple[str | bytes, ...]
+    secret: str | bytes | None = field(repr=False)
+    secret_fallbacks: tuple[str | bytes, ...] = field(repr=False)
+    allow_insecure_loopback: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
         client_id = _string(config, K.CLIENT_ID, required=True)
-        token_url = _url(config, K.TOKEN_URL, required=True)
+        loopback = _bool(config, K.ALLOW_INSECURE_LOOPBACK)
+        token_url = _url(config, K.TOKEN_URL, required=True, loopback=loopback)
         client_auth = _choice(config, K.CLIENT_AUTH, CLIENT_AUTH_METHODS)
         client_secret = _string(config, K.CLIENT_SECRET)
         if client_auth != "none" and not client_secret:
@@ -139,9 +152,7 @@ class Settings:
             )
         session_key = _string(config, K.SESSION_KEY, required=True)
         key_prefix = _string(config, K.KEY_PREFIX, required=True)
-        secret = config.get(K.SECRET)
-        if secret is not None and not isinstance(secret, (str, bytes)):
-            raise ConfigurationError(f"{K.SECRET} must be a string or bytes")
+        secret = check_secret(config.get(K.SECRET), K.SECRET)
         fallbacks = _sequence(config, K.SECRET_FALLBACKS)
         for item in fallbacks:
             if not isinstance(item, (str, bytes)):
@@ -153,7 +164,7 @@ class Settings:
             client_id=client_id,
             client_secret=client_secret,
             client_auth=client_auth,
-            authorize_url=_url(config, K.AUTHORIZE_URL),
+            authorize_url=_url(config, K.AUTHORIZE_URL, loopback=loopback),
             token_url=token_url,
             scope=_scope(config),
             session_key=session_key,
@@ -173,7 +184,39 @@ class Settings:
             login_view=_string(config, K.LOGIN_VIEW),
             secret=secret,
             secret_fallbacks=tuple(fallbacks),
+            allow_insecure_loopback=loopback,
         )
+
+
+def unknown_keys(config: Mapping[str, Any]) -> list[str]:
+    """A line for every ``TOKENGUARD_*`` key this version does not know, with the nearest one."""
+    known = list(DEFAULTS)
+    lines = []
+    for key in sorted(k for k in config if isinstance(k, str) and k.startswith("TOKENGUARD_")):
+        if key in DEFAULTS:
+            continue
+        near = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        lines.append(f"unknown configuration key {key} (ignored){hint}")
+    return lines
+
+
+def check_secret(value: Any, key: str) -> str | bytes | None:
+    """A sealing secret as given; a non-string is an error, a short one is logged as weak."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, bytes)):
+        raise ConfigurationError(f"{key} must be a string or bytes, not {type(value).__name__}")
+    size = len(value.encode("utf-8") if isinstance(value, str) else value)
+    if size < MIN_SECRET_BYTES:
+        log.warning(
+            "%s is %d bytes long: tokens are sealed with it; use at least %d random bytes"
+            " (python -c 'import secrets; print(secrets.token_hex(32))')",
+            key,
+            size,
+            MIN_SECRET_BYTES,
+        )
+    return value
 
 
 def _string(config: Mapping[str, Any], key: str, *, required: bool = False) -> Any:
@@ -188,10 +231,31 @@ def _string(config: Mapping[str, Any], key: str, *, required: bool = False) -> A
     return str(value)
 
 
-def _url(config: Mapping[str, Any], key: str, *, required: bool = False) -> Any:
+def _url(
+    config: Mapping[str, Any], key: str, *, required: bool = False, loopback: bool = False
+) -> Any:
     value = _string(config, key, required=required)
-    if value is not None and not value.startswith(("https://", "http://")):
-        raise ConfigurationError(f"{key} must be an http(s) URL")
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        raise ConfigurationError(f"{key} is not a valid URL") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise ConfigurationError(f"{key} must be an https:// URL")
+    if parts.scheme == "http":
+        if host not in LOOPBACK_HOSTS:
+            raise ConfigurationError(
+                f"{key} is plain http:// to {host}: tokens and the client secret would cross"
+                " the network in clear; use https://"
+            )
+        if not loopback:
+            raise ConfigurationError(
+                f"{key} is plain http:// to {host}: for local development set"
+                f" {K.ALLOW_INSECURE_LOOPBACK} = True (http is then accepted for 127.0.0.1,"
+                " ::1 and localhost only); otherwise use https://"
+            )
     return value
 
 

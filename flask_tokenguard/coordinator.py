@@ -25,15 +25,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import TRANSIENT_TTL_CAP, Settings
+from .config import DEFAULTS, TRANSIENT_TTL_CAP, Settings
+from .config import ConfigKeys as K
 from .deadline import Deadline
 from .errors import (
-    ProviderConfigurationError,
-    RefreshAmbiguous,
-    RefreshDefinitive,
+    InvalidGrant,
+    Outcome,
+    OutcomeUnknown,
+    ProviderError,
+    ProviderUnavailable,
     RefreshError,
     RefreshTimeout,
-    RefreshTransient,
     StoreError,
     TokenError,
 )
@@ -43,7 +45,7 @@ from .records import RecordCodec
 from .singleflight import FlightTimeout, SingleFlight
 from .stores.base import Store
 from .stores.memory import MemoryStore
-from .token import Token, normalize
+from .token import Token, restore
 
 log = logging.getLogger("flask_tokenguard")
 
@@ -59,13 +61,13 @@ _MIN_SEND_BUDGET = 0.5
 class Policy:
     """The timings of the protocol (see the ``TOKENGUARD_*`` keys of the same names)."""
 
-    provider_timeout: float = 10.0
-    claim_ttl: float = 15.0
-    result_ttl: float = 3600.0
-    failure_ttl: float = 10.0
-    retry_after: float = 5.0
-    provider_grace: float = 0.0
-    store_fallback: str = "closed"
+    provider_timeout: float = DEFAULTS[K.PROVIDER_TIMEOUT]
+    claim_ttl: float = DEFAULTS[K.CLAIM_TTL]
+    result_ttl: float = DEFAULTS[K.RESULT_TTL]
+    failure_ttl: float = DEFAULTS[K.FAILURE_TTL]
+    retry_after: float = DEFAULTS[K.RETRY_AFTER]
+    provider_grace: float = DEFAULTS[K.PROVIDER_GRACE]
+    store_fallback: str = DEFAULTS[K.STORE_FALLBACK]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -86,13 +88,13 @@ class Policy:
         A transient one as long too, but it holds only for :meth:`hold` seconds: the record
         tells a later leader that the "sent" mark beside it is settled (nothing was consumed).
         """
-        if isinstance(error, (RefreshAmbiguous, RefreshTransient, ProviderConfigurationError)):
+        if isinstance(error, (OutcomeUnknown, ProviderUnavailable, ProviderError)):
             return self.result_ttl
         return self.failure_ttl
 
     def hold(self, error: RefreshError) -> float | None:
         """Seconds a retryable failure is remembered: its Retry-After, capped at a few seconds."""
-        if isinstance(error, (RefreshTransient, ProviderConfigurationError)):
+        if isinstance(error, (ProviderUnavailable, ProviderError)):
             return max(0.5, min(error.retry_after or self.retry_after, TRANSIENT_TTL_CAP))
         return None
 
@@ -128,12 +130,12 @@ class _ProviderCall:
             outcome = exc
         except Exception as exc:  # never let a bug leave waiters hanging
             log.exception("refresh failed unexpectedly")
-            outcome = RefreshAmbiguous(f"refresh failed unexpectedly ({type(exc).__name__})")
+            outcome = OutcomeUnknown(f"refresh failed unexpectedly ({type(exc).__name__})")
         with self.lock:
             self.outcome = outcome
             if self.abandoned and isinstance(outcome, RefreshError):
                 pass  # the ambiguous record the leader published stays
-            elif self.defer and isinstance(outcome, RefreshAmbiguous) and not self.abandoned:
+            elif self.defer and isinstance(outcome, OutcomeUnknown) and not self.abandoned:
                 pass  # the leader decides: retry inside the provider's grace, or publish
             else:
                 self.coordinator._publish(self.store, self.refresh_token, outcome)
@@ -178,7 +180,7 @@ class Coordinator:
         """
         refresh_token = token.get("refresh_token")
         if not isinstance(refresh_token, str) or not refresh_token:
-            raise RefreshDefinitive("the token has no refresh token")
+            raise InvalidGrant("the token has no refresh token")
         try:
             (new, called), led = self.flights.run(
                 self.keys.flight(refresh_token),
@@ -212,7 +214,9 @@ class Coordinator:
             try:
                 key = self.keys.revoked(refresh_token)
                 store.publish(
-                    key, self.codec.encode(key, {"outcome": "revoked"}), self.policy.result_ttl
+                    key,
+                    self.codec.encode(key, {"outcome": Outcome.REVOKED.value}),
+                    self.policy.result_ttl,
                 )
             except StoreError:
                 log.warning("could not record a logout in the shared store")
@@ -286,7 +290,7 @@ class Coordinator:
                         raise self._fail(
                             store,
                             refresh_token,
-                            RefreshAmbiguous("an earlier refresh with this token never finished"),
+                            OutcomeUnknown("an earlier refresh with this token never finished"),
                         )
                     if not self._mark_sent(store, claim_key, owner):
                         continue  # the claim expired under us: start over
@@ -328,7 +332,7 @@ class Coordinator:
                 raise self._fail(
                     store,
                     refresh_token,
-                    RefreshAmbiguous("the process that sent this refresh ended without a result"),
+                    OutcomeUnknown("the process that sent this refresh ended without a result"),
                 )
             return None
 
@@ -351,14 +355,14 @@ class Coordinator:
             with call.lock:
                 if call.outcome is None:
                     call.abandoned = True
-                    error = RefreshAmbiguous(
+                    error = OutcomeUnknown(
                         f"the token endpoint did not answer within {budget:.1f}s"
                     )
                     self._publish(store, refresh_token, error)
                     outcome: Token | RefreshError = error
                     break  # never resend while the first request may still be in flight
                 outcome = call.outcome
-            if not (may_retry and isinstance(outcome, RefreshAmbiguous)):
+            if not (may_retry and isinstance(outcome, OutcomeUnknown)):
                 break
             if time.monotonic() - started < grace and deadline.remaining() >= _MIN_SEND_BUDGET:
                 log.warning(
@@ -395,7 +399,7 @@ class Coordinator:
             text = None
             if record is None:
                 break
-            if record["outcome"] != "ok":
+            if record["outcome"] != Outcome.OK:
                 until = record.get("until")
                 if isinstance(until, (int, float)) and time.time() >= until:
                     break  # a retryable failure whose hold has passed: try again
@@ -403,7 +407,7 @@ class Coordinator:
                     raise RefreshError.from_record(record)
                 break  # the successor's own refresh failed; it is still the newest token
             try:
-                newest = normalize(record.get("token"))
+                newest = restore(record.get("token"))
             except TokenError:
                 log.warning("ignoring a published result without a usable token")
                 break

@@ -16,10 +16,6 @@ class Deadline:
     def remaining(self) -> float:
         return max(0.0, self.at - time.monotonic())
 
-    @property
-    def expired(self) -> bool:
-        return time.monotonic() >= self.at
-
     def cap(self, seconds: float) -> float:
         """``seconds``, or what is left of this deadline if that is shorter."""
         return min(seconds, self.remaining())

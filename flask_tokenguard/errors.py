@@ -1,13 +1,33 @@
-"""The exceptions flask-tokenguard raises.
+"""The exceptions flask-tokenguard raises, and the outcome of a refresh.
 
-Every error derives from :class:`TokenGuardError`. Refresh failures carry the outcome class
-of PROBLEM.md (definitive, transient, configuration, ambiguous) so callers and other processes
-can act on them the same way. No error ever carries a token value.
+Every error derives from :class:`TokenGuardError`. A failed refresh is a :class:`RefreshError`
+whose class names its outcome (see "Outcome classes" in docs/design.md), so callers and other
+processes act on it the same way. No error ever carries a token value.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
+
+
+class Outcome(str, Enum):
+    """How a refresh ended; the value is what the shared store records."""
+
+    #: the provider issued a new token
+    OK = "ok"
+    #: ``invalid_grant``: the refresh token is dead, sign-in is needed
+    DEFINITIVE = "definitive"
+    #: the provider was not reached, or refused without consuming the token
+    TRANSIENT = "transient"
+    #: the provider refused this client (``invalid_client``, ...); nothing was consumed
+    CONFIGURATION = "configuration"
+    #: the provider may have rotated the token; it is never presented again
+    AMBIGUOUS = "ambiguous"
+    #: this request's deadline passed while it waited
+    TIMEOUT = "timeout"
+    #: the user signed out; a refresh that finishes later must not bring the token back
+    REVOKED = "revoked"
 
 
 class TokenGuardError(Exception):
@@ -30,16 +50,19 @@ class StoreUnavailable(StoreError):
     """The shared store could not be reached (distinct from a claim held by someone else)."""
 
 
+class LoginError(TokenGuardError):
+    """The authorization-code callback failed (bad state, provider error, no token)."""
+
+
 class RefreshError(TokenGuardError):
     """A refresh did not produce a new token.
 
-    ``outcome`` is one of ``definitive``, ``transient``, ``configuration``, ``ambiguous`` or
-    ``timeout``; ``retry_after`` is set for the outcomes a later request may retry.
+    ``outcome`` says which class of failure it is; ``retry_after`` is set for the outcomes a
+    later request may retry. ``status`` and ``error`` are the provider's HTTP status and
+    OAuth error code, for logs; the message sent to clients never includes them.
     """
 
-    outcome = "ambiguous"
-    #: HTTP status the decorator answers with when this failure ends a request.
-    http_status = 503
+    outcome = Outcome.AMBIGUOUS
 
     def __init__(
         self,
@@ -58,7 +81,7 @@ class RefreshError(TokenGuardError):
     def to_record(self) -> dict[str, Any]:
         """A JSON-able description, published so other processes learn the same outcome."""
         return {
-            "outcome": self.outcome,
+            "outcome": self.outcome.value,
             "message": self.message,
             "status": self.status,
             "error": self.error,
@@ -67,11 +90,11 @@ class RefreshError(TokenGuardError):
 
     @staticmethod
     def from_record(record: dict[str, Any]) -> RefreshError:
-        cls = _OUTCOMES.get(str(record.get("outcome")), RefreshAmbiguous)
+        cls = _BY_OUTCOME.get(str(record.get("outcome")), OutcomeUnknown)
         status = record.get("status")
         retry_after = record.get("retry_after")
         return cls(
-            str(record.get("message") or cls.outcome),
+            str(record.get("message") or cls.outcome.value),
             status=status if isinstance(status, int) else None,
             error=str(record["error"]) if record.get("error") else None,
             retry_after=float(retry_after) if isinstance(retry_after, (int, float)) else None,
@@ -83,55 +106,43 @@ class RefreshError(TokenGuardError):
         )
 
 
-class RefreshDefinitive(RefreshError):
+class InvalidGrant(RefreshError):
     """The provider answered ``invalid_grant``: the refresh token is dead; sign-in is needed."""
 
-    outcome = "definitive"
-    http_status = 401
+    outcome = Outcome.DEFINITIVE
 
 
-class RefreshTransient(RefreshError):
+class ProviderUnavailable(RefreshError):
     """The provider was not reached, or refused without consuming the token (429, 500, 503)."""
 
-    outcome = "transient"
+    outcome = Outcome.TRANSIENT
 
 
-class ProviderConfigurationError(RefreshError):
+class ProviderError(RefreshError):
     """The provider refused with an OAuth error other than ``invalid_grant``.
 
-    Nothing was rotated, but retrying will not help until the configuration is fixed.
+    Nothing was rotated, but retrying will not help until the client's settings are fixed.
     """
 
-    outcome = "configuration"
+    outcome = Outcome.CONFIGURATION
 
 
-class RefreshAmbiguous(RefreshError):
+class OutcomeUnknown(RefreshError):
     """The request may have reached the provider and no complete answer came back.
 
     The refresh token may have been rotated, so it is never presented again.
     """
 
-    outcome = "ambiguous"
-    http_status = 401
+    outcome = Outcome.AMBIGUOUS
 
 
 class RefreshTimeout(RefreshError):
     """This request's deadline passed while it waited for a refresh (its own or another's)."""
 
-    outcome = "timeout"
+    outcome = Outcome.TIMEOUT
 
 
-_OUTCOMES: dict[str, type[RefreshError]] = {
-    cls.outcome: cls
-    for cls in (
-        RefreshDefinitive,
-        RefreshTransient,
-        ProviderConfigurationError,
-        RefreshAmbiguous,
-        RefreshTimeout,
-    )
+_BY_OUTCOME: dict[str, type[RefreshError]] = {
+    cls.outcome.value: cls
+    for cls in (InvalidGrant, ProviderUnavailable, ProviderError, OutcomeUnknown, RefreshTimeout)
 }
-
-
-class LoginError(TokenGuardError):
-    """The authorization-code callback failed (bad state, provider error, no token)."""

@@ -1,8 +1,9 @@
 """Authorization code flow with PKCE (S256) and ``state``.
 
-requests-oauthlib's ``pkce="S256"`` keeps the verifier on the ``OAuth2Session`` object,
-which does not survive from ``/login`` to ``/callback``; here the verifier and the state
-live in the Flask session between the two requests, and are used once.
+The verifier and the state live in the Flask session between ``/login`` and ``/callback``
+(requests-oauthlib's ``pkce="S256"`` keeps the verifier on an object that does not survive
+between the two requests), and are used once. ``state`` is checked before anything else the
+callback says, so a forged callback learns nothing and consumes only the pending sign-in.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from collections.abc import Mapping, MutableMapping
@@ -17,12 +19,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 import requests
-from oauthlib.oauth2 import OAuth2Error, WebApplicationClient
-from requests_oauthlib import OAuth2Session
 
 from .errors import ConfigurationError, LoginError, TokenError
-from .provider import ClientCredentials
-from .token import Token, normalize
+from .provider import ClientCredentials, post_token_request
+from .token import Token, accept
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -80,34 +80,37 @@ class LoginFlow:
         pending = session.pop(self.state_key, None)
         if hasattr(session, "modified"):
             session.modified = True
-        if "error" in args:
-            raise LoginError(f"the provider refused the sign-in: {args.get('error')}")
         if not isinstance(pending, dict):
             raise LoginError("no sign-in is in progress in this session")
         state = args.get("state")
-        if not state or not hmac.compare_digest(str(state), str(pending.get("state"))):
+        expected = str(pending.get("state"))
+        if not state or not hmac.compare_digest(
+            state.encode("utf-8", "surrogatepass"), expected.encode("utf-8")
+        ):
             raise LoginError("the sign-in's state does not match")
+        if "error" in args:
+            raise LoginError("the provider refused the sign-in")
         code = args.get("code")
         if not code:
             raise LoginError("the callback carries no code")
-        creds = self.credentials
-        oauth = OAuth2Session(
-            client=WebApplicationClient(creds.client_id),
-            redirect_uri=str(pending.get("redirect_uri")),
-        )
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": str(pending.get("redirect_uri")),
+            "code_verifier": str(pending.get("verifier")),
+        }
         sent_at = time.time()
         try:
-            reply = oauth.fetch_token(
-                self.token_url,
-                code=code,
-                code_verifier=str(pending.get("verifier")),
-                auth=creds.auth(),
-                include_client_id=creds.method != "client_secret_basic",
-                client_secret=creds.client_secret if creds.method == "client_secret_post" else None,
-                timeout=self.timeout,
+            response = post_token_request(
+                self.token_url, form, self.credentials, timeout=self.timeout
             )
-            return normalize(reply, now=sent_at, received=True)
-        except (OAuth2Error, requests.RequestException, TokenError, ValueError, Warning) as exc:
+        except requests.RequestException as exc:
             raise LoginError(f"the code exchange failed ({type(exc).__name__})") from None
-        finally:
-            oauth.close()
+        if response.status_code != 200:
+            raise LoginError(
+                f"the code exchange failed: the token endpoint answered {response.status_code}"
+            )
+        try:
+            return accept(json.loads(response.text), received_at=sent_at)
+        except (ValueError, TokenError, RecursionError) as exc:
+            raise LoginError(f"the code exchange failed ({type(exc).__name__})") from None

@@ -1,15 +1,17 @@
-"""The refresh call to the token endpoint, and the classification of its failures.
+"""Calls to the token endpoint, and the classification of a refresh's failures.
 
-The call goes through requests-oauthlib's ``OAuth2Session.refresh_token``, with a
-``refresh_token_response`` compliance hook that sees the real HTTP response before
-oauthlib hides its status. Every failure falls in one of the classes of PROBLEM.md:
+A token request is one form POST (RFC 6749, section 3.2) made here with ``requests``, so the
+real HTTP status is seen (requests-oauthlib hides it: a 403 ``invalid_grant`` surfaces as 400,
+an HTML 503 page as ``MissingTokenError``) and redirects are never followed: a 3xx would send
+the client secret and the refresh token on to wherever it points. Every failure falls in one
+of the classes of "Outcome classes" in docs/design.md:
 
 * definitive - ``invalid_grant`` with 400/401/403: the token is dead;
 * transient - the provider was not reached, or answered 429/500/503 completely;
 * configuration - any other complete OAuth error (``invalid_client``, ...);
-* ambiguous - everything else, because the provider may have rotated the token.
+* ambiguous - everything else (a 3xx included), because the provider may have rotated the token.
 
-Each refresh uses a fresh connection: a pooled keep-alive connection the server closed
+Each request uses a fresh connection: a pooled keep-alive connection the server closed
 while idle fails like a drop after sending, which would turn a harmless retry into an
 ambiguous outcome.
 """
@@ -19,22 +21,21 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import requests
 import urllib3.exceptions
-from oauthlib.oauth2 import BackendApplicationClient, InsecureTransportError
-from requests_oauthlib import OAuth2Session
 
 from .errors import (
-    ProviderConfigurationError,
-    RefreshAmbiguous,
-    RefreshDefinitive,
+    InvalidGrant,
+    OutcomeUnknown,
+    ProviderError,
+    ProviderUnavailable,
     RefreshError,
-    RefreshTransient,
     TokenError,
 )
-from .token import Token, normalize
+from .token import Token, accept
 
 _DEFINITIVE_STATUSES = (400, 401, 403)
 _TRANSIENT_STATUSES = (429, 500, 503)
@@ -45,12 +46,13 @@ class ClientCredentials:
     """How this app authenticates at the token endpoint."""
 
     client_id: str
-    client_secret: str | None
+    client_secret: str | None = field(repr=False)
     method: str = "client_secret_basic"
 
     def auth(self) -> tuple[str, str] | None:
+        """HTTP Basic credentials, each form-urlencoded first (RFC 6749, section 2.3.1)."""
         if self.method == "client_secret_basic" and self.client_secret is not None:
-            return (self.client_id, self.client_secret)
+            return (quote(self.client_id, safe=""), quote(self.client_secret, safe=""))
         return None
 
     def body(self) -> dict[str, str]:
@@ -80,7 +82,7 @@ def retry_after(response: requests.Response, default: float) -> float:
 def _oauth_error(response: requests.Response) -> str | None:
     try:
         body = json.loads(response.text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     error = body.get("error") if isinstance(body, dict) else None
     return error if isinstance(error, str) and error else None
@@ -101,41 +103,36 @@ def classify_response(
     if 200 <= status < 300:
         try:
             body = json.loads(response.text)
-            return normalize(
-                body,
-                previous_refresh_token=previous_refresh_token,
-                now=sent_at,
-                received=True,
-            )
-        except (ValueError, TokenError) as exc:
+            return accept(body, received_at=sent_at, previous_refresh_token=previous_refresh_token)
+        except (ValueError, TokenError, RecursionError) as exc:
             # The provider may well have rotated the token: we cannot read the successor.
-            raise RefreshAmbiguous(
+            raise OutcomeUnknown(
                 f"token endpoint answered {status} without a usable token ({exc})", status=status
             ) from None
     error = _oauth_error(response)
     if status in _TRANSIENT_STATUSES:
-        raise RefreshTransient(
+        raise ProviderUnavailable(
             f"token endpoint answered {status}",
             status=status,
             error=error,
             retry_after=retry_after(response, default_retry_after),
         )
     if error == "invalid_grant" and status in _DEFINITIVE_STATUSES:
-        raise RefreshDefinitive(
+        raise InvalidGrant(
             "the refresh token was refused (invalid_grant)", status=status, error=error
         )
     if error == "temporarily_unavailable" and 400 <= status < 500:
-        raise RefreshTransient(
+        raise ProviderUnavailable(
             f"token endpoint answered {status} temporarily_unavailable",
             status=status,
             error=error,
             retry_after=retry_after(response, default_retry_after),
         )
     if error is not None and 400 <= status < 500 and error != "server_error":
-        raise ProviderConfigurationError(
+        raise ProviderError(
             f"token endpoint refused the refresh: {error} ({status})", status=status, error=error
         )
-    raise RefreshAmbiguous(f"token endpoint answered {status} without a token", status=status)
+    raise OutcomeUnknown(f"token endpoint answered {status} without a token", status=status)
 
 
 def _reached(exc: BaseException) -> bool:
@@ -163,23 +160,44 @@ def classify_exception(exc: BaseException) -> RefreshError:
     """Map an exception raised while calling the token endpoint to an outcome."""
     if isinstance(exc, RefreshError):
         return exc
-    if isinstance(exc, InsecureTransportError):
-        return ProviderConfigurationError(
-            "the token URL is http:// and OAUTHLIB_INSECURE_TRANSPORT is not set"
-        )
     if isinstance(exc, requests.ConnectTimeout):
-        return RefreshTransient("token endpoint did not accept a connection in time")
+        return ProviderUnavailable("token endpoint did not accept a connection in time")
     if isinstance(exc, requests.exceptions.SSLError):
-        return RefreshTransient("TLS handshake with the token endpoint failed")
+        return ProviderUnavailable("TLS handshake with the token endpoint failed")
     if isinstance(exc, requests.ConnectionError) and not _reached(exc):
-        return RefreshTransient("token endpoint could not be reached")
+        return ProviderUnavailable("token endpoint could not be reached")
     if isinstance(exc, requests.ReadTimeout):
-        return RefreshAmbiguous("token endpoint did not answer in time")
+        return OutcomeUnknown("token endpoint did not answer in time")
     if isinstance(exc, requests.RequestException):
-        return RefreshAmbiguous(
+        return OutcomeUnknown(
             f"connection to the token endpoint failed after sending ({type(exc).__name__})"
         )
-    return RefreshAmbiguous(f"refresh failed unexpectedly ({type(exc).__name__})")
+    return OutcomeUnknown(f"refresh failed unexpectedly ({type(exc).__name__})")
+
+
+def post_token_request(
+    token_url: str,
+    form: dict[str, str],
+    credentials: ClientCredentials,
+    *,
+    timeout: float,
+    connect_timeout: float = 5.0,
+) -> requests.Response:
+    """One POST to the token endpoint on a fresh connection; redirects are not followed.
+
+    ``timeout`` bounds each read, not the whole call: callers that need a total deadline run
+    this in a thread they stop waiting for.
+    """
+    body = {**form, **credentials.body()}
+    with requests.Session() as http:
+        return http.post(
+            token_url,
+            data=body,
+            auth=credentials.auth(),
+            headers={"Accept": "application/json"},
+            timeout=(min(connect_timeout, timeout), timeout),
+            allow_redirects=False,
+        )
 
 
 class RefreshClient:
@@ -200,40 +218,20 @@ class RefreshClient:
 
     def refresh(self, refresh_token: str, timeout: float) -> Token:
         """One refresh, each read bounded by ``timeout``; the caller bounds the whole call."""
-        parsed: list[Token] = []
         sent_at = time.time()
-
-        def hook(response: requests.Response) -> requests.Response:
-            # Runs before oauthlib parses: the real status is still visible here.
-            parsed.append(
-                classify_response(
-                    response,
-                    previous_refresh_token=refresh_token,
-                    default_retry_after=self.default_retry_after,
-                    sent_at=sent_at,
-                )
-            )
-            return response
-
-        creds = self.credentials
-        session = OAuth2Session(client=BackendApplicationClient(client_id=creds.client_id))
-        session.register_compliance_hook("refresh_token_response", hook)
         try:
-            session.refresh_token(
+            response = post_token_request(
                 self.token_url,
-                refresh_token=refresh_token,
-                auth=creds.auth(),
-                timeout=(min(self.connect_timeout, timeout), timeout),
-                **creds.body(),
+                {"grant_type": "refresh_token", "refresh_token": refresh_token},
+                self.credentials,
+                timeout=timeout,
+                connect_timeout=self.connect_timeout,
             )
         except Exception as exc:  # every failure is classified
-            if parsed:
-                # oauthlib refused a reply we already validated (e.g. a changed scope
-                # raises a bare Warning): the refresh did succeed.
-                return parsed[0]
             raise classify_exception(exc) from None
-        finally:
-            session.close()
-        if not parsed:  # pragma: no cover - the hook always runs on a response
-            raise RefreshAmbiguous("no response was seen")
-        return parsed[0]
+        return classify_response(
+            response,
+            previous_refresh_token=refresh_token,
+            default_retry_after=self.default_retry_after,
+            sent_at=sent_at,
+        )

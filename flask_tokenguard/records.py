@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from .errors import RefreshError
+from .errors import Outcome, RefreshError
 from .sealing import Sealer, SealError
 from .token import Token
 
@@ -43,7 +43,7 @@ class RecordCodec:
 
     @staticmethod
     def success(token: Token) -> dict[str, Any]:
-        return {"outcome": "ok", "token": token, "at": time.time()}
+        return {"outcome": Outcome.OK.value, "token": token, "at": time.time()}
 
     @staticmethod
     def failure(error: RefreshError) -> dict[str, Any]:

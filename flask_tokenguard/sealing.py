@@ -51,7 +51,6 @@ class Sealer:
         keys = [derive_key(s, purpose) for s in secrets if s]
         if not keys:
             raise ValueError("a Sealer needs at least one secret")
-        self._current = keys[0]
         self._current_kid = self._kid(keys[0])
         self._aeads = {self._kid(k): AESGCM(k) for k in reversed(keys)}
         self.purpose = purpose

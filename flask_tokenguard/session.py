@@ -1,19 +1,18 @@
-"""Where the token lives in ``flask.session``.
+"""Where the token lives in the session mapping (``flask.session`` in a request).
 
-The session holds a small record: the readable part the fast path needs (the access
-token's expiry, a fingerprint of the refresh token, a state) and the token itself, sealed.
-A request whose token is far from expiry reads two numbers and opens nothing.
+The session holds a small record: the readable part the fast path needs (the access token's
+expiry, when to refresh it, a fingerprint of the refresh token, a state) and the token itself,
+sealed. A request whose token is not yet due reads two numbers and opens nothing.
 
-The seal's associated data binds the blob to its readable part (expiry, fingerprint, state:
-an "ambiguous" mark cannot be edited back to "ok") and to a random id kept
-beside the record in the same session, so a blob edited, moved between fields, or swapped
-in from another user's session does not open.
+The seal's associated data binds the blob to its readable part (an "ambiguous" mark cannot be
+edited back to "ok") and to a random id kept beside the record in the same session, so a blob
+edited, moved between fields, or swapped in from another user's session does not open.
 """
 
 from __future__ import annotations
 
 import json
-import logging
+import math
 import secrets
 from collections.abc import MutableMapping
 from typing import Any, NamedTuple
@@ -21,34 +20,33 @@ from typing import Any, NamedTuple
 from .errors import TokenError
 from .keys import KeyNames
 from .sealing import Sealer, SealError
-from .token import Token, expires_at, normalize
+from .token import Token, TokenState, expires_at, refresh_at, restore
 
-log = logging.getLogger("flask_tokenguard")
-
-FORMAT = 1
-STATE_OK = "ok"
-#: The refresh token may have been consumed: never present it; use the access token until expiry.
-STATE_AMBIGUOUS = "ambiguous"
-_STATES = (STATE_OK, STATE_AMBIGUOUS)
+FORMAT = 2
+_STATES = {state.value: state for state in TokenState}
 
 
 class Record(NamedTuple):
     """The session's view of a token, before opening it (a tuple: cheap on the fast path)."""
 
+    #: when the access token expires (epoch seconds), None when the provider gave no expiry
     exp: float | None
+    #: when to refresh it: the later of ``exp - leeway`` and half its lifetime
+    due: float | None
     fingerprint: str | None
-    state: str
+    state: TokenState
     box: str
 
 
 class SessionTokens:
-    """Reads and writes the token record in a session mapping (``flask.session`` in requests)."""
+    """Reads and writes the token record in a session mapping."""
 
-    def __init__(self, key: str, sealer: Sealer, keys: KeyNames) -> None:
+    def __init__(self, key: str, sealer: Sealer, keys: KeyNames, leeway: float) -> None:
         self.key = key
         self.sid_key = f"{key}_sid"
         self.sealer = sealer
         self.keys = keys
+        self.leeway = leeway
 
     def peek(self, session: MutableMapping[str, Any]) -> Record | None:
         """The record, unopened; None when there is none. Raises TokenError if malformed."""
@@ -57,33 +55,39 @@ class SessionTokens:
             return None
         if not isinstance(raw, dict) or raw.get("v") != FORMAT:
             raise TokenError("the session's token record is malformed")
-        exp, fp, state, box = raw.get("exp"), raw.get("fp"), raw.get("st"), raw.get("box")
-        if exp is not None and (isinstance(exp, bool) or not isinstance(exp, (int, float))):
+        exp, due, fp, box = raw.get("exp"), raw.get("due"), raw.get("fp"), raw.get("box")
+        state = _STATES.get(raw.get("st"))  # type: ignore[arg-type]
+        if not (_time(exp) and _time(due)):
             raise TokenError("the session's token record has a bad expiry")
         if fp is not None and not isinstance(fp, str):
             raise TokenError("the session's token record has a bad fingerprint")
-        if state not in _STATES or not isinstance(box, str):
+        if state is None or not isinstance(box, str):
             raise TokenError("the session's token record is malformed")
-        return Record(None if exp is None else float(exp), fp, state, box)
+        return Record(
+            None if exp is None else float(exp), None if due is None else float(due), fp, state, box
+        )
 
     def open(self, session: MutableMapping[str, Any], record: Record) -> Token:
         """The token in ``record``; re-sealed under the current key if a fallback opened it."""
         try:
             data, current = self.sealer.open(record.box, self._aad(session, record))
-            token = normalize(json.loads(data))
-        except (SealError, ValueError) as exc:
+            token = restore(json.loads(data))
+        except (SealError, ValueError, RecursionError) as exc:
             raise TokenError(f"the session's token does not open: {exc}") from None
         if not current:
             self.save(session, token, state=record.state)
         return token
 
-    def save(self, session: MutableMapping[str, Any], token: Token, state: str = STATE_OK) -> None:
+    def save(
+        self, session: MutableMapping[str, Any], token: Token, state: TokenState = TokenState.OK
+    ) -> Record:
         refresh = token.get("refresh_token")
         sid = session.get(self.sid_key)
         if not isinstance(sid, str):
             sid = session[self.sid_key] = secrets.token_urlsafe(16)
         record = Record(
             exp=expires_at(token),
+            due=refresh_at(token, self.leeway),
             fingerprint=self.keys.fingerprint(refresh) if isinstance(refresh, str) else None,
             state=state,
             box="",
@@ -94,11 +98,13 @@ class SessionTokens:
         session[self.key] = {
             "v": FORMAT,
             "exp": record.exp,
+            "due": record.due,
             "fp": record.fingerprint,
-            "st": state,
+            "st": state.value,
             "box": box,
         }
         _modified(session)
+        return record._replace(box=box)
 
     def clear(self, session: MutableMapping[str, Any]) -> None:
         if self.key in session:
@@ -108,7 +114,16 @@ class SessionTokens:
     def _aad(self, session: MutableMapping[str, Any], record: Record) -> bytes:
         sid = session.get(self.sid_key)
         exp = "" if record.exp is None else repr(float(record.exp))
-        return f"tokenguard-session|{sid}|{record.fingerprint}|{exp}|{record.state}".encode()
+        due = "" if record.due is None else repr(float(record.due))
+        return (
+            f"tokenguard-session|{sid}|{record.fingerprint}|{exp}|{due}|{record.state.value}"
+        ).encode()
+
+
+def _time(value: Any) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _modified(session: MutableMapping[str, Any]) -> None:

@@ -22,13 +22,12 @@ class FlightTimeout(Exception):
 
 
 class _Flight(Generic[T]):
-    __slots__ = ("done", "error", "value", "waiters")
+    __slots__ = ("done", "error", "value")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.value: T | None = None
         self.error: BaseException | None = None
-        self.waiters = 0
 
 
 class SingleFlight(Generic[T]):
@@ -50,8 +49,6 @@ class SingleFlight(Generic[T]):
             leader = flight is None
             if flight is None:
                 flight = self._flights[key] = _Flight()
-            else:
-                flight.waiters += 1
         if leader:
             try:
                 flight.value = fn()

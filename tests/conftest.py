@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.apps",
     "tests.fixtures.gunicorn",
+    "tests.fixtures.oidc_provider",
 ]
 
 settings.register_profile(

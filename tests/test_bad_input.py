@@ -10,8 +10,9 @@ import logging
 import pytest
 from flask import Flask, jsonify
 
-from flask_tokenguard import TokenError, TokenGuard
-from flask_tokenguard.token import normalize
+from flask_tokenguard import TokenGuard, TokenState
+from flask_tokenguard.errors import TokenError
+from flask_tokenguard.token import accept, restore
 
 from .fixtures.apps import make_app, new_client
 
@@ -74,11 +75,15 @@ def test_no_token_gets_401_json_and_an_unprotected_view_runs(app):
 )
 def test_a_reply_that_is_not_a_token_is_a_clear_error(reply, message):
     with pytest.raises(TokenError, match=message):
-        normalize(reply)
+        accept(reply)
+    with pytest.raises(TokenError, match=message):
+        restore(reply)
 
 
 def test_a_reply_without_a_refresh_token_keeps_the_old_one_and_gets_an_expiry():
-    token = normalize({"access_token": "a", "expires_in": 60}, previous_refresh_token="r", now=100)
+    token = accept(
+        {"access_token": "a", "expires_in": 60}, previous_refresh_token="r", received_at=100
+    )
     assert token["refresh_token"] == "r"
     assert token["expires_at"] == 160
 
@@ -145,7 +150,7 @@ def test_the_hook_marks_a_dead_token_whatever_view_runs(provider, guarded):
     http = new_client(base, token)
     reply = http.get(f"{base}/plain", timeout=5)
     assert reply.status_code == 200
-    assert "RefreshDefinitive" in reply.json()["error"]
+    assert "InvalidGrant" in reply.json()["error"]
     http.cookies.update(reply.cookies)
     assert http.get(f"{base}/_test/token", timeout=5).json()["record"] is None
 
@@ -172,24 +177,24 @@ def test_peek_reads_the_status_without_refreshing(provider, tmp_path):
     token = provider.issue(expires_in=0)
     with app.test_request_context():
         assert guard.peek() is None
-        guard.store_token(token)
-        assert guard.peek() == {"expires_at": token["expires_at"], "state": "ok"}
+        guard.login(token)
+        assert guard.peek() == {"expires_at": token["expires_at"], "state": TokenState.OK}
     assert provider.stats()["refresh_requests"] == 0
 
 
 def test_the_expiry_counts_from_when_the_request_was_sent():
-    token = normalize(
-        {"access_token": "a", "expires_in": 60, "expires_at": 999.6}, now=900.2, received=True
+    token = accept(
+        {"access_token": "a", "expires_in": 60, "expires_at": 999.6}, received_at=900.2
     )
     assert token["expires_at"] == 960.2
 
 
-def test_current_token_is_the_guards_token(provider, tmp_path):
-    from flask_tokenguard import current_token
-
+def test_guard_token_is_none_when_signed_out_and_the_token_after_login(provider, tmp_path):
     app = make_app(provider, str(tmp_path))
+    guard = app.extensions["tokenguard_guard"]
     token = provider.issue(expires_in=3600)
     with app.test_request_context():
-        assert current_token == None  # noqa: E711 - a proxy compares by its value
-        app.extensions["tokenguard_guard"].store_token(token)
-        assert current_token["access_token"] == token["access_token"]
+        assert guard.token is None
+        guard.login(token)
+        assert guard.token is not None
+        assert guard.token["access_token"] == token["access_token"]

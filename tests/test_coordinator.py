@@ -12,7 +12,7 @@ import pytest
 
 from flask_tokenguard.coordinator import Coordinator, Policy
 from flask_tokenguard.deadline import Deadline
-from flask_tokenguard.errors import RefreshAmbiguous, RefreshTimeout
+from flask_tokenguard.errors import OutcomeUnknown, RefreshTimeout
 from flask_tokenguard.keys import KeyNames
 from flask_tokenguard.provider import ClientCredentials, RefreshClient
 from flask_tokenguard.records import RecordCodec
@@ -72,7 +72,7 @@ def test_a_refresh_that_outlives_its_deadline_is_published_when_it_lands(provide
     guard = coordinator(provider_timeout=6, claim_ttl=7)
     token = provider.issue(expires_in=0)
     started = time.monotonic()
-    with pytest.raises(RefreshAmbiguous):
+    with pytest.raises(OutcomeUnknown):
         guard.refresh(token, Deadline(1.0))  # this request cannot wait for the provider
     # The request's deadline (1 s), not the provider's pace (4 s); generous for a loaded machine.
     assert time.monotonic() - started < 3

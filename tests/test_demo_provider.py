@@ -10,15 +10,24 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 import urllib3
 
-from flask_tokenguard.demo_provider import ProviderServer, fingerprint
-from tests.fixtures.provider import DEFAULT_REDIRECT_URI, ProviderHandle, pkce_pair
+from flask_tokenguard.login import pkce_pair
+from flask_tokenguard.testing import (
+    DEFAULT_REDIRECT_URI,
+    ProviderHandle,
+    ProviderServer,
+    UnsafeHostError,
+    create_provider_app,
+    fingerprint,
+    get_provider_state,
+)
+from flask_tokenguard.testing.provider import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -462,3 +471,198 @@ def test_command_line(tmp_path: Path) -> None:
         finally:
             process.terminate()
             process.communicate(timeout=10)
+
+
+# --- safe by default --------------------------------------------------------------------------
+
+
+def test_testing_package_needs_the_demo_extra() -> None:
+    """Without Authlib, importing the provider names the extra to install."""
+    for statement in (
+        "from flask_tokenguard.testing import ProviderServer",
+        "import flask_tokenguard.demo_provider",
+    ):
+        code = (
+            "import sys; sys.modules['authlib'] = None\n"
+            "import flask_tokenguard  # the extension itself does not need it\n"
+            "from flask_tokenguard.testing import TokenGuardClient, ProviderHandle  # nor these\n"
+            f"{statement}\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1, done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("ImportError: "), done.stderr
+        assert 'pip install "flask-tokenguard[demo]"' in last
+
+
+def test_old_import_path_still_works() -> None:
+    from flask_tokenguard import demo_provider, testing
+
+    for name in ("FAULTS", "ProviderConfig", "ProviderServer", "ProviderState", "fingerprint"):
+        assert getattr(demo_provider, name) is getattr(testing, name)
+    assert testing.ProviderHandle.__module__ == "flask_tokenguard.testing.handle"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "provider.example"])
+def test_a_non_loopback_host_is_refused(host: str) -> None:
+    with pytest.raises(UnsafeHostError, match="unsafe_expose=True"):
+        ProviderServer(host=host)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+def test_loopback_hosts_need_no_flag(host: str) -> None:
+    ProviderServer(host=host)  # not started: building it is where the check is
+
+
+def test_exposing_needs_the_flag_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        server = ProviderServer(host="192.0.2.10", unsafe_expose=True)  # not started
+    assert "beyond this machine" in caplog.text
+    assert "192.0.2.10" in server.app.config["TRUSTED_HOSTS"]
+    # Exposing never turns on plain HTTP by itself.
+    assert "AUTHLIB_INSECURE_TRANSPORT" not in os.environ
+
+
+class _FakeServer:
+    """Stands in for ProviderServer in the command-line tests (nothing listens)."""
+
+    made: ClassVar[list[dict[str, Any]]] = []
+
+    def __init__(self, config: Any, **kwargs: Any) -> None:
+        self.config = config
+        self.url = f"http://{kwargs['host']}:5001"
+        self.made.append(kwargs)
+
+    def start(self) -> _FakeServer:
+        return self
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_cli(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    monkeypatch.setattr(cli, "ProviderServer", _FakeServer)
+    monkeypatch.setattr(cli, "_wait_for_interrupt", lambda: None)
+    monkeypatch.setenv("AUTHLIB_INSECURE_TRANSPORT", "")  # restored (to unset) afterwards
+    monkeypatch.delenv("AUTHLIB_INSECURE_TRANSPORT")
+    _FakeServer.made = []
+    return _FakeServer.made
+
+
+def test_command_line_refuses_a_non_loopback_host(
+    fake_cli: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--host", "0.0.0.0"])
+    assert exit_info.value.code == 2
+    assert "--unsafe-expose-demo-provider" in capsys.readouterr().err
+    assert fake_cli == []
+    assert "AUTHLIB_INSECURE_TRANSPORT" not in os.environ
+
+
+def test_command_line_on_loopback_keeps_transport_strict(
+    fake_cli: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--host", "localhost"]) == 0
+    assert fake_cli[0]["host"] == "localhost"
+    assert "AUTHLIB_INSECURE_TRANSPORT" not in os.environ
+    assert "WARNING" not in capsys.readouterr().err
+
+
+def test_command_line_exposes_with_the_flag_loudly(
+    fake_cli: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--host", "0.0.0.0", "--unsafe-expose-demo-provider"]
+    assert cli.main([*argv, "--trusted-host", "provider.lan"]) == 0
+    assert fake_cli[0]["unsafe_expose"] is True
+    assert fake_cli[0]["trusted_hosts"] == ["provider.lan"]
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "0.0.0.0" in err and "AUTHLIB_INSECURE_TRANSPORT=1" in err
+    assert os.environ["AUTHLIB_INSECURE_TRANSPORT"] == "1"
+
+
+@pytest.mark.parametrize("peer", ["203.0.113.7", "10.0.0.2", "::ffff:192.0.2.1", "2001:db8::1"])
+def test_admin_api_refuses_non_loopback_peers(peer: str) -> None:
+    app = create_provider_app()
+    client = app.test_client()
+    environ = {"REMOTE_ADDR": peer}
+    for method, path in [
+        ("GET", "/_admin/stats"),
+        ("GET", "/_admin/issued"),
+        ("POST", "/_admin/faults"),
+        ("POST", "/_admin/reset"),
+        ("POST", "/_admin/issue"),
+        ("POST", "/_admin/revoke"),
+    ]:
+        reply = client.open(path, method=method, json={}, environ_overrides=environ)
+        assert reply.status_code == 403, (path, reply.text)
+        assert reply.json == {
+            "error": "access_denied",
+            "error_description": "the admin API answers loopback clients only",
+        }
+    assert get_provider_state(app).stats()["admin_issued"] == 0
+    # The OAuth endpoints themselves answer anyone who reaches them.
+    metadata = "/.well-known/oauth-authorization-server"
+    assert client.get(metadata, environ_overrides=environ).status_code == 200
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "127.0.0.9", "::1", "::ffff:127.0.0.1"])
+def test_admin_api_answers_loopback_peers(peer: str) -> None:
+    client = create_provider_app().test_client()
+    reply = client.post("/_admin/issue", json={}, environ_overrides={"REMOTE_ADDR": peer})
+    assert reply.status_code == 200, reply.text
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "127.0.0.1.evil.example"])
+def test_a_foreign_host_header_gets_400(provider: ProviderHandle, host: str) -> None:
+    """A DNS rebinding page reaches 127.0.0.1 with its own name in the Host header."""
+    for method, path in [
+        ("GET", "/.well-known/oauth-authorization-server"),
+        ("POST", "/_admin/issue"),
+        ("GET", "/_admin/issued"),
+        ("POST", "/token"),
+    ]:
+        reply = requests.request(
+            method, f"{provider.url}{path}", headers={"Host": host}, json={}, timeout=5
+        )
+        assert reply.status_code == 400, (path, reply.status_code)
+    assert provider.stats()["admin_issued"] == 0
+
+
+def test_the_served_host_names_are_trusted(provider: ProviderHandle) -> None:
+    port = urlsplit(provider.url).port
+    path = "/.well-known/oauth-authorization-server"
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+        reply = requests.get(f"{provider.url}{path}", headers={"Host": host}, timeout=5)
+        assert reply.status_code == 200, host
+    named = create_provider_app(trusted_hosts=["provider.test"]).test_client()
+    assert named.get(path, headers={"Host": "provider.test:5001"}).status_code == 200
+    assert named.get(path, headers={"Host": "other.test"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("[::1]:5001", 200), ("[::1]", 200), ("[::2]:5001", 400), ("[::1]x", 400)],
+)
+def test_bracketed_ipv6_hosts(host: str, status: int) -> None:
+    """A provider on ::1 answers to ``[::1]:port`` (werkzeug's own check matches no IPv6)."""
+    client = create_provider_app().test_client()
+    path = "/.well-known/oauth-authorization-server"
+    assert client.get(path, headers={"Host": host}).status_code == status
+
+
+def test_admin_posts_need_a_json_body(provider: ProviderHandle) -> None:
+    """What a web page may send to 127.0.0.1 without a CORS preflight is refused."""
+    for path in ("reset", "issue", "faults", "revoke"):
+        for body in ({"data": "x=1"}, {"data": "{}", "headers": {"Content-Type": "text/plain"}}):
+            reply = requests.post(f"{provider.url}/_admin/{path}", timeout=5, **body)
+            assert reply.status_code == 415, (path, reply.text)
+    assert provider.stats()["admin_issued"] == 0

@@ -1,17 +1,15 @@
 """The example app as people run it: ``python example_app.py`` in a subprocess, over HTTP.
 
 Also: under gunicorn (``import example_app; example_app.app``) a missing required variable
-stops the start with its name, and neither session store ever unpickles what it reads.
+stops the start with its name; the factory changes no environment variable (the entry points
+allow loopback http for requests-oauthlib); sessions follow the cache URL; requests naming a
+foreign host are refused. (The sessions' no-pickle guarantee: tests/test_sessions.py.)
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import pickle
-import struct
 import subprocess
 import sys
 import time
@@ -23,12 +21,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from flask import Flask
 
 from .fixtures.servers import free_port
 from .fixtures.services import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
-SESSION_PREFIX = "tokenguard-example:session:"  # example_app.DEFAULTS
 REQUIRED_ENV = (
     "FLASK_TOKENGUARD_TOKEN_URL",
     "FLASK_TOKENGUARD_AUTHORIZE_URL",
@@ -105,16 +103,6 @@ def log_in(http: requests.Session, example: Example) -> None:
     assert urlsplit(reply.headers["Location"]).path == "/"
 
 
-def canary_pickle(canary: Path) -> bytes:
-    """A pickle that creates ``canary`` when loaded."""
-
-    class Canary:
-        def __reduce__(self) -> tuple[Any, ...]:
-            return (open, (str(canary), "w"))
-
-    return pickle.dumps(Canary())
-
-
 # -- python example_app.py ------------------------------------------------------------------------
 
 
@@ -132,6 +120,10 @@ def test_serves_the_demo_and_logs_in_over_http(tmp_path: Path) -> None:
         reply = http.get(example.url + "/api/profile")
         assert reply.status_code == 200, reply.text
         assert reply.json()["profile"]["sub"] == "alice"
+        # requests-oauthlib, on plain http to the local provider: allowed by the entry point.
+        reply = http.get(example.url + "/api/profile-naive")
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["profile"]["sub"] == "alice"
 
         status = http.get(example.url + "/api/status").json()
         assert status["logged_in"] is True
@@ -144,6 +136,13 @@ def test_serves_the_demo_and_logs_in_over_http(tmp_path: Path) -> None:
         reply = http.get(example.url + "/api/profile")
         assert reply.status_code == 401
         assert reply.json()["error"]
+        assert http.get(example.url + "/api/profile-naive").status_code == 401
+
+        # DNS rebinding: a request naming another host is refused.
+        reply = requests.get(example.url + "/", headers={"Host": "attacker.example"}, timeout=10)
+        assert reply.status_code == 400
+        reply = requests.get(example.url + "/", headers={"Host": f"localhost:{example.port}"})
+        assert reply.status_code == 200
 
     # No configuration: a secret key of its own, readable by this user only, and file stores.
     key = instance / "secret_key"
@@ -208,10 +207,13 @@ def test_gunicorn_refuses_to_start_without_the_variables(tmp_path: Path) -> None
 def test_importing_builds_nothing_and_starts_no_provider(tmp_path: Path) -> None:
     """Import is free; ``app`` is built from the environment, without a provider of its own."""
     code = (
-        "import threading, example_app\n"
+        "import os, threading, example_app\n"
         "assert 'app' not in vars(example_app)\n"
+        "example_app.create_app()\n"
+        "assert 'OAUTHLIB_INSECURE_TRANSPORT' not in os.environ  # not the factory's business\n"
         "app = example_app.app\n"
         "assert example_app.app is app\n"
+        "assert os.environ['OAUTHLIB_INSECURE_TRANSPORT'] == '1'  # loopback http: naive route\n"
         "assert not [t for t in threading.enumerate() if t.name.startswith('demo-provider')]\n"
         "print(sorted(r.rule for r in app.url_map.iter_rules()))\n"
     )
@@ -225,64 +227,99 @@ def test_importing_builds_nothing_and_starts_no_provider(tmp_path: Path) -> None
         assert f"'{rule}'" in done.stdout
 
 
-# -- sessions never unpickle ----------------------------------------------------------------------
+# -- in this process: create_app ----------------------------------------------------------------
 
 
-def test_file_sessions_are_json_and_never_unpickled(tmp_path: Path) -> None:
-    instance = tmp_path / "instance"
-    canary = tmp_path / "canary"
-    with run_example(instance) as example, requests.Session() as http:
-        log_in(http, example)
-        sid = http.cookies["session"]
-        stored = (
-            instance / "sessions" / hashlib.sha256(f"{SESSION_PREFIX}{sid}".encode()).hexdigest()
-        )
-        assert json.loads(stored.read_bytes()[4:])  # after cachelib's 4-byte expiry: JSON
+def build(tmp_path: Path, **config: Any) -> Flask:
+    """``create_app`` with the required URLs (nothing listens there) and no provider counters."""
+    import example_app
 
-        forged = "forged-session-id"
-        path = (
-            instance / "sessions" / hashlib.sha256(f"{SESSION_PREFIX}{forged}".encode()).hexdigest()
-        )
-        path.write_bytes(struct.pack("I", 0) + canary_pickle(canary))
-        for route in ("/", "/api/status", "/api/profile"):
-            reply = requests.get(example.url + route, cookies={"session": forged}, timeout=10)
-            assert reply.status_code in (200, 401), (route, reply.status_code, reply.text)
-        assert not canary.exists()
-        assert "Traceback" not in example.output()
+    settings = {
+        "TOKENGUARD_TOKEN_URL": "http://127.0.0.1:9/token",
+        "TOKENGUARD_AUTHORIZE_URL": "http://127.0.0.1:9/authorize",
+        "EXAMPLE_API_URL": "http://127.0.0.1:9/userinfo",
+        "EXAMPLE_PROVIDER_STATS_URL": "",
+        **config,
+    }
+    return example_app.create_app(settings, instance_path=str(tmp_path / "instance"))
 
 
-def test_redis_sessions_live_in_redis_and_are_never_unpickled(
-    tmp_path: Path, redis_url: str, redis_prefix: str
+def test_the_factory_changes_no_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("OAUTHLIB_INSECURE_TRANSPORT", raising=False)
+    before = dict(os.environ)
+    app = build(tmp_path)
+    assert dict(os.environ) == before
+    assert app.config["TOKENGUARD_ALLOW_INSECURE_LOOPBACK"] is True
+
+
+@pytest.mark.parametrize(
+    ("token_url", "api_url", "allow", "allowed"),
+    [
+        ("http://127.0.0.1:5001/token", "http://localhost:5001/userinfo", True, True),
+        ("http://[::1]:5001/token", "https://api.example.com/me", True, True),
+        ("https://id.example.com/token", "https://api.example.com/me", True, False),
+        ("http://id.example.com/token", "http://127.0.0.1:5001/userinfo", True, False),
+        ("http://127.0.0.1:5001/token", "http://api.example.com/me", True, False),
+        ("http://127.0.0.1:5001/token", "http://127.0.0.1:5001/userinfo", False, False),
+    ],
+)
+def test_plain_http_is_allowed_for_requests_oauthlib_only_on_this_host(
+    monkeypatch: pytest.MonkeyPatch, token_url: str, api_url: str, allow: bool, allowed: bool
+) -> None:
+    import example_naive
+
+    monkeypatch.delenv("OAUTHLIB_INSECURE_TRANSPORT", raising=False)
+    config = {
+        "TOKENGUARD_TOKEN_URL": token_url,
+        "EXAMPLE_API_URL": api_url,
+        "TOKENGUARD_ALLOW_INSECURE_LOOPBACK": allow,
+    }
+    assert example_naive.allow_loopback_http(config) is allowed
+    assert ("OAUTHLIB_INSECURE_TRANSPORT" in os.environ) is allowed
+
+
+def test_a_foreign_host_header_is_refused(tmp_path: Path) -> None:
+    client = build(tmp_path).test_client()
+    for host in ("127.0.0.1:5000", "localhost:5000", "localhost"):
+        assert client.get("/api/provider-stats", headers={"Host": host}).status_code == 200
+    for host in ("attacker.example", "127.0.0.1.attacker.example:5000", "localhost.:5000"):
+        assert client.get("/api/provider-stats", headers={"Host": host}).status_code == 400
+
+
+def test_trusted_hosts_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLASK_TRUSTED_HOSTS", '["app.example.com", ".example.org"]')
+    client = build(tmp_path).test_client()
+    for host in ("app.example.com", "www.example.org:443"):
+        assert client.get("/api/provider-stats", headers={"Host": host}).status_code == 200
+    assert client.get("/api/provider-stats", headers={"Host": "127.0.0.1"}).status_code == 400
+
+
+def test_sessions_follow_the_cache_url(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    from flask_tokenguard.sessions import JSONObjectSerializer, MsgpackOnly
+
+    files = build(tmp_path / "files")
+    assert files.config["SESSION_CACHELIB"].serializer.__class__ is JSONObjectSerializer
+    assert (tmp_path / "files" / "instance" / "sessions").is_dir()
+
+    in_redis = build(
+        tmp_path / "redis",
+        TOKENGUARD_CACHE_URL=redis_url,
+        TOKENGUARD_KEY_PREFIX=redis_prefix + "tokenguard",
+        SESSION_KEY_PREFIX=redis_prefix + "session:",
+    )
+    assert isinstance(in_redis.session_interface.serializer, MsgpackOnly)  # type: ignore[attr-defined]
+    assert not (tmp_path / "redis" / "instance" / "sessions").exists()
+    client = in_redis.test_client()
+    with client.session_transaction() as session:
+        session["example"] = "in redis"
+    sid = client.get_cookie("session")
+    assert sid is not None
+
     import redis
 
-    canary = tmp_path / "canary"
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    env = {
-        "FLASK_TOKENGUARD_CACHE_URL": redis_url,
-        "FLASK_TOKENGUARD_KEY_PREFIX": redis_prefix + "tokenguard",
-        "FLASK_SESSION_KEY_PREFIX": redis_prefix + "session:",
-    }
-    try:
-        with run_example(tmp_path / "instance", **env) as example, requests.Session() as http:
-            log_in(http, example)
-            assert http.get(example.url + "/api/profile").status_code == 200
-            sid = http.cookies["session"]
-            assert client.exists(f"{redis_prefix}session:{sid}")
-            assert not (tmp_path / "instance" / "sessions").exists()
-
-            for forged, payload in (
-                ("forged-pickle", canary_pickle(canary)),
-                ("forged-cachelib-pickle", b"!" + canary_pickle(canary)),
-                ("forged-json-list", b"[1, 2]"),
-            ):
-                client.set(f"{redis_prefix}session:{forged}", payload, ex=60)
-                for route in ("/", "/api/status", "/api/profile"):
-                    reply = requests.get(
-                        example.url + route, cookies={"session": forged}, timeout=10
-                    )
-                    assert reply.status_code in (200, 401), (forged, route, reply.text)
-            assert not canary.exists()
-            assert "Traceback" not in example.output()
-    finally:
-        client.close()
+    with redis.Redis.from_url(redis_url) as r:
+        assert r.exists(f"{redis_prefix}session:{sid.value}")

@@ -1,8 +1,10 @@
 """The example page in headless Chromium, used as a person would use it.
 
 Sign in, wait past the access token's expiry, press the burst button: every request succeeds
-and the provider saw one refresh. Wait again and press the naive burst: requests fail, the
-provider revokes the token family, and the next protected request finds the user signed out.
+and the provider saw one refresh. Wait again and press the naive burst (``/api/profile-naive``,
+from ``example_naive.py``): requests fail, the provider revokes the token family, and the next
+protected request finds the user signed out. The example runs without ``OAUTHLIB_*`` in its
+environment, so its entry point is what lets requests-oauthlib use the local plain-http provider.
 
 Needs playwright (the Python package) and a Chromium at /usr/bin/chromium (or ``CHROMIUM``);
 never downloads a browser. Skips without them, and fails instead when

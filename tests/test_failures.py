@@ -104,6 +104,7 @@ def test_a_connection_dropped_after_commit_is_never_presented_again(provider, gu
 def test_an_ambiguous_outcome_keeps_serving_a_valid_access_token(provider, guarded):
     base = guarded(TOKENGUARD_LEEWAY=10)
     token = provider.issue(expires_in=8)
+    token["expires_in"] = 20  # issued 12 s ago: due now, 8 s before it expires
     provider.set_faults(drop_after_commit=1)
     http = new_client(base, token)
     assert http.get(f"{base}/api/profile", timeout=5).status_code == 200
@@ -189,7 +190,8 @@ def test_an_unreachable_provider_is_transient(provider, guarded):
 
 
 def test_token_refresh_failed_is_sent_once_per_failed_provider_call(provider, tmp_path):
-    from flask_tokenguard import RefreshDefinitive, token_refresh_failed
+    from flask_tokenguard import token_refresh_failed
+    from flask_tokenguard.errors import InvalidGrant
 
     from .fixtures.apps import make_app
     from .fixtures.servers import serve
@@ -212,4 +214,4 @@ def test_token_refresh_failed_is_sent_once_per_failed_provider_call(provider, tm
         token_refresh_failed.disconnect(receiver, app)
     assert len(seen) == 1
     assert seen[0][0] is app
-    assert isinstance(seen[0][1], RefreshDefinitive)
+    assert isinstance(seen[0][1], InvalidGrant)

@@ -9,6 +9,7 @@ parallel).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import requests
@@ -45,11 +46,13 @@ def test_a_burst_with_an_expired_token_refreshes_once(provider, guarded):
 
 
 def test_five_rotations_in_a_row_keep_the_user_signed_in(provider, guarded):
-    provider.set_faults(refresh_delay=0.2, access_ttl=4)
-    base = guarded(TOKENGUARD_LEEWAY=5)
+    provider.set_faults(refresh_delay=0.2, access_ttl=2)
+    base = guarded(TOKENGUARD_LEEWAY=5)  # longer than the token lives: due at half its life
     http = new_client(base, provider.issue(expires_in=0))
 
     for rotation in range(1, 6):
+        if rotation > 1:
+            time.sleep(1.1)  # the new token is due after half of its 2 s
         result = burst(http, f"{base}/api/profile", N)
         assert result.statuses == [200] * N, f"rotation {rotation}: {result.statuses}"
         stats = provider.stats()

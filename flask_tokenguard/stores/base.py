@@ -16,8 +16,22 @@ from __future__ import annotations
 
 import abc
 import math
+import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from ..errors import StoreError, StoreUnavailable
+
+#: The largest value (or owner) a store reads back: anything larger reads as garbage.
+MAX_VALUE_BYTES = 4 * 1024 * 1024
+#: The owner of a claim or mark too large to read: it still names *somebody*, never "free".
+OVERSIZED = "<too large to read>"
+
+_C = TypeVar("_C")
+_T = TypeVar("_T")
 
 
 def check_ttl(ttl: float) -> float:
@@ -30,6 +44,29 @@ def check_ttl(ttl: float) -> float:
     if ttl <= 0:
         raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
     return float(ttl)
+
+
+def owner_text(raw: object) -> str | None:
+    """A claim's or mark's owner as a server returns it: None when absent.
+
+    Anything else names *somebody*, so a claim is never mistaken for free: bytes that are not
+    UTF-8 are decoded with replacement characters; :data:`OVERSIZED` stays as it is.
+    """
+    if raw is None:
+        return None
+    if isinstance(raw, (bytes, bytearray)):
+        return bytes(raw).decode("utf-8", errors="replace")
+    return str(raw)
+
+
+def value_text(raw: object) -> str | None:
+    """A published value as a server returns it: strict UTF-8 text, else None."""
+    if not isinstance(raw, (bytes, bytearray)):
+        return None
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -50,6 +87,8 @@ class Store(abc.ABC):
 
     #: True when the store is shared between processes (False for ``simple://``).
     shared: bool = True
+    #: A value or record larger than this many bytes reads as None (absent), like garbage.
+    max_value_bytes: int = MAX_VALUE_BYTES
 
     @abc.abstractmethod
     def claim(self, key: str, owner: str, ttl: float) -> bool:
@@ -70,17 +109,34 @@ class Store(abc.ABC):
     def release(self, key: str, owner: str) -> bool:
         """Drop the claim only if ``owner`` holds it (compare-and-delete); the mark stays."""
 
-    @abc.abstractmethod
     def publish(self, key: str, value: str, ttl: float) -> None:
-        """Store ``value`` under ``key`` for ``ttl`` seconds (overwrites)."""
+        """Store ``value`` under ``key`` for ``ttl`` seconds (overwrites).
+
+        ValueError unless ``ttl`` is a positive number of seconds, TypeError unless ``value``
+        is text; then the backend's :meth:`_publish` writes it.
+        """
+        seconds = check_ttl(ttl)
+        if not isinstance(value, str):
+            raise TypeError(f"values are text, not {type(value).__name__}")
+        self._publish(key, value, seconds)
+
+    @abc.abstractmethod
+    def _publish(self, key: str, value: str, ttl: float) -> None:
+        """Write ``value`` (text) under ``key`` for ``ttl`` (a positive float) seconds."""
 
     @abc.abstractmethod
     def read(self, key: str) -> str | None:
-        """The text under ``key``, or None when absent, expired or not text."""
+        """The text under ``key``, or None when absent, expired, not text or too large."""
 
     @abc.abstractmethod
     def forget(self, key: str) -> None:
         """Remove ``key`` (a published value)."""
+
+    def ping(self) -> None:  # noqa: B027 - the in-process store is always there
+        """Raise :class:`StoreUnavailable` when the store cannot be reached; cheap, no writes.
+
+        Nothing to do by default: an in-process store is always there.
+        """
 
     def wait_for(self, key: str, timeout: float) -> str | None:
         """Wait up to ``timeout`` seconds for a value under ``key``; poll with backoff by default.
@@ -118,19 +174,149 @@ class Store(abc.ABC):
         """Release connections."""
 
 
-class ServerStore(Store):
+class ServerStore(Store, Generic[_C]):
     """A store on a server that forgets everything when it restarts (Redis, Memcached).
+
+    It owns the client, one per process: made lazily by :meth:`_connect`, and made again in a
+    forked child, where the parent's is kept (never used, never closed: its locks and sockets
+    are the parent's) rather than collected. Every call goes through :meth:`_call`, which maps
+    the client's errors: :attr:`_unreachable` -> :class:`StoreUnavailable` (the server could
+    not be reached or did not answer in time: a write may or may not have happened), any other
+    error of :attr:`_client_error` -> :class:`StoreError` (the server refused: nothing was
+    written).
 
     Subclasses read the server's identity and uptime in :meth:`_read_server`; this caches the
     pair for ``identity_ttl`` seconds, so the two questions cost one round trip.
+
+    :param server_name: the server's name in messages.
+    :param connect_timeout: seconds to open a connection.
+    :param timeout: seconds to wait for any answer; past it the store is unavailable.
+    :param identity_ttl: seconds :meth:`identity` and :meth:`uptime` reuse what they last read.
     """
 
-    identity_ttl: float = 0.05
-    _server_state: tuple[str | None, float | None, float] | None = None
+    #: Client errors that mean "unreachable, or no answer in time".
+    _unreachable: tuple[type[BaseException], ...] = (OSError,)
+    #: The base class of the client's other errors (the server refused).
+    _client_error: type[BaseException] = OSError
+
+    def __init__(
+        self,
+        server_name: str,
+        *,
+        connect_timeout: float = 0.5,
+        timeout: float = 0.5,
+        identity_ttl: float = 0.05,
+    ) -> None:
+        self.server_name = server_name
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.identity_ttl = identity_ttl
+        self._lock = threading.Lock()
+        self._client: tuple[int, _C] | None = None  # (pid of its process, client)
+        self._orphans: list[_C] = []
+        self._server_state: tuple[str | None, float | None, float] | None = None
+
+    # -- the client, per process -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def _connect(self) -> _C:
+        """A new client for this process (it may connect lazily)."""
+
+    @abc.abstractmethod
+    def _disconnect(self, client: _C) -> None:
+        """Close ``client``, made by this process."""
+
+    @abc.abstractmethod
+    def _ping(self, client: _C) -> None:
+        """One cheap round trip to the server."""
 
     @abc.abstractmethod
     def _read_server(self) -> tuple[str | None, float | None]:
         """The server's identity and uptime in seconds (None where it will not say)."""
+
+    def _connection(self) -> _C:
+        """This process's client; a forked child makes its own."""
+        pid = os.getpid()
+        current = self._client
+        if current is not None and current[0] == pid:
+            return current[1]
+        with self._lock:
+            current = self._client
+            if current is None or current[0] != pid:
+                if current is not None:
+                    self._orphans.append(current[1])
+                self._server_state = None
+                current = (pid, self._connect())
+                self._client = current
+            return current[1]
+
+    def close(self) -> None:
+        with self._lock:
+            current, self._client = self._client, None
+        if current is not None and current[0] == os.getpid():
+            self._disconnect(current[1])
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[_C], _T]) -> _T:
+        """``fn(client)``, its errors mapped to :class:`StoreUnavailable` or :class:`StoreError`."""
+        client = self._connection()
+        try:
+            return fn(client)
+        except self._unreachable as exc:
+            raise self._unavailable(exc) from exc
+        except self._client_error as exc:
+            raise self._refused(exc) from exc
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(f"{self.server_name} unreachable: {type(exc).__name__}: {exc}")
+
+    def _refused(self, exc: BaseException) -> StoreError:
+        return StoreError(f"{self.server_name} refused: {type(exc).__name__}: {exc}")
+
+    def _settle(
+        self,
+        write: Callable[[_C], bool],
+        landed: Callable[[_C], bool],
+        *,
+        raise_unless_landed: bool = False,
+    ) -> bool:
+        """``write``'s answer, or, when that answer was lost (unreachable), whether ``landed``
+        reads back that the write happened.
+
+        A write that did not land (or not yet: a queued command may still run) gives False, or
+        with ``raise_unless_landed`` the first error. If the read-back fails too, the first
+        error is raised. Either way as :class:`StoreUnavailable`.
+        """
+        try:
+            return self._call(write)
+        except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, self._unreachable):
+                raise  # refused, though the server is down for us (a read-only replica)
+            first = exc
+        try:
+            if self._call(landed):
+                return True
+        except StoreUnavailable:
+            raise first from first.__cause__
+        if raise_unless_landed:
+            raise first from first.__cause__
+        return False
+
+    # -- the server --------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        self._call(self._ping)
+
+    def _server_info(self, read: Callable[[_C], _T]) -> _T | None:
+        """``read(client)`` for :meth:`_read_server`; None when the server refuses to say (a
+        proxy, an ACL: restarts cannot be noticed)."""
+        try:
+            return self._call(read)
+        except StoreUnavailable:
+            raise
+        except StoreError:
+            return None
 
     def _server(self) -> tuple[str | None, float | None, float]:
         now = time.monotonic()

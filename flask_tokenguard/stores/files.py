@@ -27,6 +27,13 @@ would let two threads of one process both "hold" a claim):
 * Expiries are wall-clock times (``time.time()``): a clock jump moves them. Expired and void
   records are removed when met, and by a sweep of the directory every ``sweep_interval``.
 
+* **The directory** (and its ``.locks`` folder) must be this user's own: not a symlink, owned
+  by the process's user, writable by nobody else (``chmod 700``). Anyone who can write there
+  could forge claims and values, so a directory that fails the check (say, one pre-created in a
+  shared ``/tmp``) is refused with :class:`ConfigurationError`. One it creates is 0700.
+* Records larger than :attr:`~flask_tokenguard.stores.base.Store.max_value_bytes` (4 MiB) are
+  not read whole: they read as void, like any other garbage.
+
 Why not cachelib's ``FileSystemCache``: it pickles by default, counts expiries in whole seconds
 as a 32-bit number, keeps a shared item counter that it updates without a lock on every write,
 and logs and swallows I/O errors (a full disk would read as "no value"). Own files are simpler:
@@ -40,6 +47,8 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
+import stat
 import tempfile
 import threading
 import time
@@ -49,12 +58,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import StoreUnavailable
+from ..errors import ConfigurationError, StoreUnavailable
 from .base import ClaimInfo, Store, check_ttl
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_-")
 _MAX_NAME = 200
-_MAX_RECORD = 4 * 1024 * 1024
 _CLAIM, _MARK = ".claim", ".sent"
 _TMP = ".tmp."
 _LOCKS = ".locks"
@@ -101,16 +109,42 @@ def _parse(raw: bytes, field: str) -> tuple[str, float] | None:
     return text, float(expires)
 
 
-def _read_fd(fd: int) -> bytes:
+def _read_fd(fd: int, limit: int) -> bytes:
+    """The file's bytes, or b"" (void) when it holds more than ``limit``: never read whole."""
     chunks: list[bytes] = []
     size = 0
-    while size <= _MAX_RECORD:
-        chunk = os.read(fd, 65536)
+    while size <= limit:
+        chunk = os.read(fd, min(65536, limit + 1 - size))
         if not chunk:
-            break
+            return b"".join(chunks)
         chunks.append(chunk)
         size += len(chunk)
-    return b"".join(chunks)
+    return b""
+
+
+def unsafe_directory(path: Path) -> str | None:
+    """Why ``path`` is not safe to keep claims in, and the fix; None when it is: a real
+    directory (not a symlink), owned by this process's user, writable by nobody else."""
+    info = os.lstat(path)
+    quoted = shlex.quote(str(path))
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symlink; fix: point TOKENGUARD_CACHE_URL at a real directory"
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a directory; fix: point TOKENGUARD_CACHE_URL at a directory"
+    if info.st_mode & stat.S_ISVTX and info.st_mode & stat.S_IWOTH:
+        return (
+            f"is shared, like /tmp (mode {stat.S_IMODE(info.st_mode):o}); fix: point "
+            "TOKENGUARD_CACHE_URL at a directory of this user's own (a missing one is created 0700)"
+        )
+    if info.st_uid != os.geteuid():
+        return (
+            f"is owned by uid {info.st_uid}, not by this process's user (uid {os.geteuid()}); "
+            f"fix: chown {os.geteuid()} {quoted} && chmod 700 {quoted}, or use another directory"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        mode = stat.S_IMODE(info.st_mode)
+        return f"is writable by group or others (mode {mode:o}); fix: chmod 700 {quoted}"
+    return None
 
 
 def _locked_by_other(fd: int) -> bool:
@@ -131,6 +165,10 @@ def _unlink(path: Path) -> None:
 def _close_quietly(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
+
+
+class UnsafeDirectory(StoreUnavailable):
+    """The directory is not this user's own (:func:`unsafe_directory`): it is not used."""
 
 
 class FileStore(Store):
@@ -160,7 +198,10 @@ class FileStore(Store):
         # (file name, owner) -> (fd holding the claim record's flock, wall-clock expiry)
         self._held: dict[tuple[str, str], tuple[int, float]] = {}
         self._next_sweep = time.monotonic() + sweep_interval
-        self._io(self._make_dirs)
+        try:
+            self._io(self._make_dirs)
+        except UnsafeDirectory as exc:
+            raise ConfigurationError(f"TOKENGUARD_CACHE_URL: {exc}") from None
         _INSTANCES.add(self)
 
     # -- paths and plumbing ----------------------------------------------------------------
@@ -170,8 +211,16 @@ class FileStore(Store):
         return self.directory / file_name(key)
 
     def _make_dirs(self) -> None:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)  # mode applies to the leaf only
-        os.makedirs(self.directory / _LOCKS, mode=0o700, exist_ok=True)
+        """Create the directory and its lock folder (0700) if missing; check both are safe."""
+        for path in (self.directory, self.directory / _LOCKS):
+            with contextlib.suppress(FileExistsError):  # a file there: refused just below
+                os.makedirs(path, 0o700, exist_ok=True)  # the mode applies to the leaf only
+            problem = unsafe_directory(path)
+            if problem is not None:
+                raise UnsafeDirectory(
+                    f"the file store directory {str(path)!r} {problem}. Anyone who can write "
+                    "there can forge claims and values, so it is not used"
+                )
         if not (self.directory / _IDENTITY).exists():
             # Create-if-absent with its content in place: link() never overwrites.
             fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=self.directory)
@@ -184,7 +233,10 @@ class FileStore(Store):
                 _unlink(Path(tmp))
 
     def _io(self, fn: Callable[[], _T]) -> _T:
-        """Run ``fn``; recreate a vanished directory once; any OSError -> StoreUnavailable."""
+        """Run ``fn``; recreate a vanished directory once; any OSError -> StoreUnavailable.
+
+        (Also an unsafe directory met after the start, as :class:`UnsafeDirectory`.)
+        """
         try:
             try:
                 return fn()
@@ -232,7 +284,7 @@ class FileStore(Store):
         except FileNotFoundError:
             return None
         try:
-            return fd, _read_fd(fd)
+            return fd, _read_fd(fd, self.max_value_bytes)
         except BaseException:
             os.close(fd)
             raise
@@ -402,10 +454,7 @@ class FileStore(Store):
         finally:
             self._drop(name, owner)
 
-    def publish(self, key: str, value: str, ttl: float) -> None:
-        ttl = check_ttl(ttl)
-        if not isinstance(value, str):
-            raise TypeError(f"values are text, not {type(value).__name__}")
+    def _publish(self, key: str, value: str, ttl: float) -> None:
         name = file_name(key)
 
         def run() -> None:
@@ -448,6 +497,10 @@ class FileStore(Store):
                 _unlink(self.directory / name)
 
         self._io(run)
+
+    def ping(self) -> None:
+        """A stat of the lock folder: StoreUnavailable when the directory cannot be used."""
+        self._io(lambda: os.stat(self.directory / _LOCKS))
 
     def identity(self) -> str | None:
         """A random id written when the directory is created: a wiped store gets a new one."""

@@ -21,6 +21,11 @@ Guarantees (one memcached server; a client-side pool of several servers would no
   as a Unix time) are capped at 30 days. The clock is memcached's own monotonic one.
 * A restarted memcached forgets everything: :meth:`identity` (its pid and start time) changes.
 
+Reads are capped at :attr:`~flask_tokenguard.stores.base.Store.max_value_bytes`: memcached
+has no command that reads a length without the value, so a value is compared after ``get``
+(the server's own item limit, 1 MiB unless ``-I`` raises it, bounds what crosses the wire); a
+larger one reads as None (an owner: as somebody, never "free").
+
 Why not cachelib's ``MemcachedCache``: it turns every ttl into an absolute Unix time computed
 on *this* host (``int(time()) + timeout``), which ties expiries to clock agreement between
 hosts, and it adds nothing the client lacks. pymemcache is used directly with no serde at all:
@@ -31,26 +36,19 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from pymemcache.client.base import PooledClient
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
-from ..errors import StoreError, StoreUnavailable
-from .base import ClaimInfo, ServerStore, check_ttl
+from .base import OVERSIZED, ClaimInfo, ServerStore, check_ttl, owner_text, value_text
 
 MARK_SUFFIX = ":sent"
 #: Written over a released claim; no owner is ever this value.
 TOMBSTONE = b"\x00released"
 _MAX_TTL = 30 * 24 * 3600
 _MAX_KEY = 200  # memcached allows 250 bytes; leave room for the mark suffix
-_UNREACHABLE = (OSError, MemcacheUnexpectedCloseError)
-
-_T = TypeVar("_T")
 
 
 def _expire(ttl: float) -> int:
@@ -63,26 +61,6 @@ def _mkey(key: str) -> str:
     if len(key) <= _MAX_KEY and key.isascii() and key.isprintable() and " " not in key:
         return key
     return "tg~" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _owner(raw: Any) -> str | None:
-    """A claim or mark value: None when absent or a tombstone; undecodable bytes still name
-    *somebody* (so they are never mistaken for "free")."""
-    if raw is None or raw == TOMBSTONE:
-        return None
-    if isinstance(raw, (bytes, bytearray)):
-        return bytes(raw).decode("utf-8", errors="replace")
-    return str(raw)
-
-
-def _value(raw: Any) -> str | None:
-    """A published value: strict UTF-8 text, else None."""
-    if not isinstance(raw, (bytes, bytearray)):
-        return None
-    try:
-        return bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 def parse_memcached_url(url: str) -> tuple[str, int]:
@@ -98,37 +76,29 @@ def parse_memcached_url(url: str) -> tuple[str, int]:
     return host, parts.port or 11211  # .port raises ValueError on a bad port
 
 
-class MemcachedStore(ServerStore):
+class MemcachedStore(ServerStore[PooledClient]):
     """A store on one memcached server (see the module docstring for what it guarantees).
 
-    :param connect_timeout: seconds to open a connection.
-    :param timeout: seconds to wait for any answer; past it the store is unavailable.
-    :param identity_ttl: seconds :meth:`identity` reuses the server identity it last read.
     :param max_pool_size: connections kept per process (default: unbounded, one per thread).
+    :param timeouts: ``connect_timeout``, ``timeout``, ``identity_ttl``, as for
+        :class:`~flask_tokenguard.stores.base.ServerStore`.
     """
 
-    shared = True
+    _unreachable = (OSError, MemcacheUnexpectedCloseError)
+    _client_error = MemcacheError
 
     def __init__(
         self,
         host: str = "127.0.0.1",
         port: int = 11211,
         *,
-        connect_timeout: float = 0.5,
-        timeout: float = 0.5,
-        identity_ttl: float = 0.05,
         max_pool_size: int | None = None,
+        **timeouts: float,
     ) -> None:
+        super().__init__("memcached", **timeouts)
         self.host = host
         self.port = int(port)
-        self.connect_timeout = connect_timeout
-        self.timeout = timeout
-        self.identity_ttl = identity_ttl
         self.max_pool_size = max_pool_size
-        self._lock = threading.Lock()
-        self._client: tuple[int, PooledClient] | None = None
-        self._orphans: list[Any] = []
-        self._server_state = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemcachedStore:
@@ -136,86 +106,70 @@ class MemcachedStore(ServerStore):
         host, port = parse_memcached_url(url)
         return cls(host, port, **options)
 
-    def _pool(self) -> PooledClient:
-        """This process's client pool; a forked child builds its own."""
-        pid = os.getpid()
-        current = self._client
-        if current is not None and current[0] == pid:
-            return current[1]
-        with self._lock:
-            current = self._client
-            if current is None or current[0] != pid:
-                if current is not None:
-                    # Inherited from the parent: its locks and sockets are not ours to touch.
-                    self._orphans.append(current[1])
-                    self._server_state = None
-                client = PooledClient(
-                    (self.host, self.port),
-                    connect_timeout=self.connect_timeout,
-                    timeout=self.timeout,
-                    no_delay=True,
-                    default_noreply=False,
-                    max_pool_size=self.max_pool_size,
-                )
-                current = (pid, client)
-                self._client = current
-            return current[1]
+    def _connect(self) -> PooledClient:
+        return PooledClient(
+            (self.host, self.port),
+            connect_timeout=self.connect_timeout,
+            timeout=self.timeout,
+            no_delay=True,
+            default_noreply=False,
+            max_pool_size=self.max_pool_size,
+        )
 
-    def _call(self, fn: Callable[[PooledClient], _T]) -> _T:
-        client = self._pool()
-        try:
-            return fn(client)
-        except _UNREACHABLE as exc:
-            raise StoreUnavailable(f"memcached unreachable: {type(exc).__name__}: {exc}") from exc
-        except MemcacheError as exc:
-            raise StoreError(f"memcached refused: {type(exc).__name__}: {exc}") from exc
+    def _disconnect(self, client: PooledClient) -> None:
+        client.close()
+
+    def _ping(self, client: PooledClient) -> None:
+        client.version()
+
+    def _capped(self, raw: Any) -> Any:
+        """``raw``, or :data:`OVERSIZED` when it is longer than the cap; a tombstone is None."""
+        if raw == TOMBSTONE:
+            return None
+        if isinstance(raw, (bytes, bytearray)) and len(raw) > self.max_value_bytes:
+            return OVERSIZED
+        return raw
 
     # -- Store ------------------------------------------------------------------------------
 
     def claim(self, key: str, owner: str, ttl: float) -> bool:
         expire, mkey, data = _expire(ttl), _mkey(key), owner.encode("utf-8")
 
-        def run(c: PooledClient) -> bool:
+        def take(c: PooledClient) -> bool:
             for _ in range(3):
-                try:
-                    if c.add(mkey, data, expire=expire, noreply=False):
-                        return True
-                    value, token = c.gets(mkey)
-                    if value is None:
-                        continue  # expired since the add: try again
-                    if value != TOMBSTONE:
-                        return False
-                    if c.cas(mkey, data, token, expire=expire, noreply=False):
-                        return True
-                except _UNREACHABLE:
-                    # The write may or may not have landed: ours if it reads back as ours.
-                    return bool(c.get(mkey) == data)
+                if c.add(mkey, data, expire=expire, noreply=False):
+                    return True
+                value, token = c.gets(mkey)
+                if value is None:
+                    continue  # expired since the add: try again
+                if value != TOMBSTONE:
+                    return False
+                if c.cas(mkey, data, token, expire=expire, noreply=False):
+                    return True
             return False
 
-        return self._call(run)
+        # A write whose answer was lost may or may not have landed: ours if it reads back so.
+        return self._settle(take, lambda c: bool(c.get(mkey) == data))
 
     def mark_sent(self, key: str, owner: str, ttl: float) -> bool:
         expire, mkey, data = _expire(ttl), _mkey(key), owner.encode("utf-8")
-
-        def run(c: PooledClient) -> bool:
-            value, token = c.gets(mkey)
-            if value != data:
-                return False
-            try:
-                c.set(mkey + MARK_SUFFIX, data, expire=expire, noreply=False)
-            except _UNREACHABLE:
-                if c.get(mkey + MARK_SUFFIX) != data:
-                    raise
-            after, token_after = c.gets(mkey)
-            return bool(after == data and token_after == token)
-
-        return self._call(run)
+        value, token = self._call(lambda c: c.gets(mkey))
+        if value != data:
+            return False
+        self._settle(
+            lambda c: bool(c.set(mkey + MARK_SUFFIX, data, expire=expire, noreply=False)),
+            lambda c: bool(c.get(mkey + MARK_SUFFIX) == data),
+            raise_unless_landed=True,
+        )
+        after, token_after = self._call(lambda c: c.gets(mkey))
+        return bool(after == data and token_after == token)
 
     def read_claim(self, key: str) -> ClaimInfo:
         mkey = _mkey(key)
         found = self._call(lambda c: c.get_many([mkey, mkey + MARK_SUFFIX]))
         return ClaimInfo(
-            owner=_owner(found.get(mkey)), sent_by=_owner(found.get(mkey + MARK_SUFFIX))
+            owner=owner_text(self._capped(found.get(mkey))),
+            sent_by=owner_text(self._capped(found.get(mkey + MARK_SUFFIX))),
         )
 
     def release(self, key: str, owner: str) -> bool:
@@ -229,38 +183,26 @@ class MemcachedStore(ServerStore):
 
         return self._call(run)
 
-    def publish(self, key: str, value: str, ttl: float) -> None:
-        expire = _expire(ttl)
-        if not isinstance(value, str):
-            raise TypeError(f"values are text, not {type(value).__name__}")
-        data = value.encode("utf-8")
+    def _publish(self, key: str, value: str, ttl: float) -> None:
+        expire, data = _expire(ttl), value.encode("utf-8")
         self._call(lambda c: c.set(_mkey(key), data, expire=expire, noreply=False))
 
     def read(self, key: str) -> str | None:
-        return _value(self._call(lambda c: c.get(_mkey(key))))
+        return value_text(self._capped(self._call(lambda c: c.get(_mkey(key)))))
 
     def forget(self, key: str) -> None:
         self._call(lambda c: c.delete(_mkey(key), noreply=False))
 
     def _read_server(self) -> tuple[str | None, float | None]:
         """memcached's pid and start time (both change on a restart), and its uptime."""
-        try:
-            stats = self._call(lambda c: c.stats())
-        except StoreUnavailable:
-            raise
-        except StoreError:
-            return None, None  # "stats" refused (a proxy): restarts cannot be noticed
+        stats = self._server_info(lambda c: c.stats())
+        if stats is None:
+            return None, None
         try:
             uptime = int(stats[b"uptime"])
             return f"{stats[b'pid']}@{int(stats[b'time']) - uptime}", float(uptime)
         except (KeyError, TypeError, ValueError):
             return None, None
-
-    def close(self) -> None:
-        with self._lock:
-            current, self._client = self._client, None
-        if current is not None and current[0] == os.getpid():
-            current[1].close()
 
     def __repr__(self) -> str:
         return f"MemcachedStore('memcached://{self.host}:{self.port}')"

@@ -95,10 +95,7 @@ class MemoryStore(Store):
             del self._claims[key]
             return True
 
-    def publish(self, key: str, value: str, ttl: float) -> None:
-        ttl = check_ttl(ttl)
-        if not isinstance(value, str):
-            raise TypeError(f"values are text, not {type(value).__name__}")
+    def _publish(self, key: str, value: str, ttl: float) -> None:
         with self._cond:
             now = time.monotonic()
             self._values[key] = (value, now + ttl)

@@ -25,6 +25,10 @@ replaced: values are stored as UTF-8 text and read back by decoding, never by pi
 (cachelib's ``RedisSerializer`` unpickles anything that starts with ``!``). cachelib counts
 expiries in whole seconds, so a value's ttl is rounded up to the next second.
 
+Reads are capped: a Lua script checks ``STRLEN`` before ``GET``, in the same round trip, so a
+value (or owner) larger than :attr:`~flask_tokenguard.stores.base.Store.max_value_bytes` is
+never sent over the wire; it reads as None (an owner: as somebody, never "free").
+
 :meth:`publish` also PUBLISHes a wake-up on a channel named after the key, and
 :meth:`wait_for` subscribes to it (one short-lived pub/sub connection per wait), so waiters
 in every process wake within milliseconds instead of on their next poll. Where an ACL or a
@@ -38,12 +42,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 from cachelib.redis import RedisCache
@@ -57,12 +59,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..errors import StoreError, StoreUnavailable
-from .base import ClaimInfo, ServerStore, check_ttl
+from .base import OVERSIZED, ClaimInfo, ServerStore, check_ttl, owner_text, value_text
 from .uri import redact
 
-#: Errors that mean "Redis could not be reached or did not answer in time": a write may or
-#: may not have happened.
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Database numbers accepted in a URL: Redis's default ``databases 16``.
+MAX_DB = 15
 
 # KEYS[1] claim key; ARGV[1] owner.
 _RELEASE = """
@@ -81,9 +82,20 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-MARK_SUFFIX = ":sent"
+# KEYS: the keys to read; ARGV[1] the largest value returned. One larger comes back as 0.
+_READ = """
+local found = {}
+for i, key in ipairs(KEYS) do
+    if redis.call('STRLEN', key) > tonumber(ARGV[1]) then
+        found[i] = 0
+    else
+        found[i] = redis.call('GET', key)
+    end
+end
+return found
+"""
 
-_T = TypeVar("_T")
+MARK_SUFFIX = ":sent"
 
 
 class TextSerializer(RedisSerializer):
@@ -98,72 +110,63 @@ class TextSerializer(RedisSerializer):
         return value.encode("utf-8")
 
     def loads(self, value: bytes | None) -> str | None:
-        if not isinstance(value, (bytes, bytearray)):
-            return None
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-
-
-def _text(raw: Any) -> str | None:
-    """An owner as stored; bytes that are not UTF-8 still name *somebody* (never None)."""
-    if raw is None:
-        return None
-    if isinstance(raw, (bytes, bytearray)):
-        return bytes(raw).decode("utf-8", errors="replace")
-    return str(raw)
+        return value_text(value)
 
 
 def _ms(ttl: float) -> int:
     return max(1, math.ceil(check_ttl(ttl) * 1000))
 
 
+def check_url(url: str) -> None:
+    """ValueError unless ``url`` is a Redis URL redis-py reads, with a database Redis has."""
+    path = unquote(urlsplit(url).path).replace("/", "")  # as redis-py reads the number
+    if path and not (path.isascii() and path.isdigit()):
+        raise ValueError(f"the database number must be a whole number 0-{MAX_DB}, not {path!r}")
+    db = parse_url(url).get("db", 0)  # type: ignore[no-untyped-call]
+    if not isinstance(db, int) or not 0 <= db <= MAX_DB:
+        raise ValueError(f"the database number must be a whole number 0-{MAX_DB}, not {db!r}")
+
+
 @dataclass
 class _Conn:
     """Everything bound to one redis-py client, owned by one process."""
 
-    pid: int
     client: redis.Redis
     cache: RedisCache
     release: Script
     mark: Script
+    read: Script
 
 
-class RedisStore(ServerStore):
+class RedisStore(ServerStore[_Conn]):
     """A store on one Redis server (see the module docstring for what it guarantees).
 
     :param url: ``redis://[[user]:password@]host:port/db`` or ``rediss://...``.
-    :param connect_timeout: seconds to open a connection.
-    :param socket_timeout: seconds to wait for any answer; past it the store is unavailable.
-    :param identity_ttl: seconds :meth:`identity` reuses the ``run_id`` it last read.
     :param notify: publish a wake-up on the value's channel, so :meth:`wait_for` returns at once.
     :param client_options: more keyword arguments for ``redis.Redis.from_url``.
+    :param timeouts: ``connect_timeout``, ``timeout``, ``identity_ttl``, as for
+        :class:`~flask_tokenguard.stores.base.ServerStore`.
     """
 
-    shared = True
+    #: "Redis could not be reached or did not answer in time": a write may or may not have run.
+    _unreachable = (RedisConnectionError, RedisTimeoutError, OSError)
+    _client_error = RedisError
+    #: Seconds between re-reads while :meth:`wait_for` waits for a wake-up, in case one is lost.
+    reread_interval = 0.25
 
     def __init__(
         self,
         url: str = "redis://127.0.0.1:6379/0",
         *,
-        connect_timeout: float = 0.5,
-        socket_timeout: float = 0.5,
-        identity_ttl: float = 0.05,
         notify: bool = True,
-        **client_options: Any,
+        client_options: dict[str, Any] | None = None,
+        **timeouts: float,
     ) -> None:
-        parse_url(url)  # type: ignore[no-untyped-call]  # a bad URL fails now, not on first use
+        check_url(url)  # a bad URL fails now, not on first use
+        super().__init__("Redis", **timeouts)
         self.url = url
-        self.connect_timeout = connect_timeout
-        self.socket_timeout = socket_timeout
-        self.identity_ttl = identity_ttl
         self.notify = notify
-        self._options = client_options
-        self._lock = threading.Lock()
-        self._conn: _Conn | None = None
-        self._orphans: list[_Conn] = []
-        self._server_state = None
+        self._options = dict(client_options or {})
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -175,7 +178,7 @@ class RedisStore(ServerStore):
     def _new_client(self) -> redis.Redis:
         options: dict[str, Any] = {
             "socket_connect_timeout": self.connect_timeout,
-            "socket_timeout": self.socket_timeout,
+            "socket_timeout": self.timeout,
             # No hidden retries: one attempt, then the caller decides. (retry_on_timeout
             # defaults to False; passing it is deprecated in redis-py 6+.)
             "retry": Retry(NoBackoff(), 0),
@@ -185,105 +188,71 @@ class RedisStore(ServerStore):
         options["decode_responses"] = False  # values are checked as bytes, then decoded
         return redis.Redis.from_url(self.url, **options)
 
-    def _connection(self) -> _Conn:
-        pid = os.getpid()
-        conn = self._conn
-        if conn is not None and conn.pid == pid:
-            return conn
-        with self._lock:
-            conn = self._conn
-            if conn is None or conn.pid != pid:
-                if conn is not None:
-                    # Inherited from the parent: its pool's locks and sockets are not ours to
-                    # touch, so it is kept (never used, never closed) rather than collected.
-                    self._orphans.append(conn)
-                self._server_state = None
-                client = self._new_client()
-                cache = RedisCache(host=client, default_timeout=300)
-                cache.serializer = TextSerializer()
-                conn = _Conn(
-                    pid=pid,
-                    client=client,
-                    cache=cache,
-                    release=client.register_script(_RELEASE),
-                    mark=client.register_script(_MARK),
-                )
-                self._conn = conn
-            return conn
+    def _connect(self) -> _Conn:
+        client = self._new_client()
+        cache = RedisCache(host=client, default_timeout=300)
+        cache.serializer = TextSerializer()
+        return _Conn(
+            client=client,
+            cache=cache,
+            release=client.register_script(_RELEASE),
+            mark=client.register_script(_MARK),
+            read=client.register_script(_READ),
+        )
 
-    @staticmethod
-    def _unavailable(exc: BaseException) -> StoreUnavailable:
-        return StoreUnavailable(f"Redis unreachable: {type(exc).__name__}: {exc}")
+    def _disconnect(self, client: _Conn) -> None:
+        client.client.close()
 
-    @staticmethod
-    def _refused(exc: RedisError) -> StoreError:
+    def _ping(self, client: _Conn) -> None:
+        client.client.ping()
+
+    def _refused(self, exc: BaseException) -> StoreError:
         """Redis answered with an error: nothing was written."""
         if isinstance(exc, ReadOnlyError):  # a replica (e.g. mid-failover): not usable now
             return StoreUnavailable(f"Redis is read-only: {exc}")
-        return StoreError(f"Redis refused: {type(exc).__name__}: {exc}")
+        return super()._refused(exc)
+
+    def _get(self, conn: _Conn, *keys: str) -> list[Any]:
+        """The raw values of ``keys`` (None when absent, :data:`OVERSIZED` when too large)."""
+        found = conn.read(keys=list(keys), args=[self.max_value_bytes])
+        return [OVERSIZED if raw == 0 else raw for raw in found]
 
     # -- Store ------------------------------------------------------------------------------
 
     def claim(self, key: str, owner: str, ttl: float) -> bool:
         px = _ms(ttl)
-        conn = self._connection()
-        try:
-            return bool(conn.client.set(key, owner, nx=True, px=px))
-        except _UNREACHABLE as exc:
-            first: BaseException = exc
-        except RedisError as exc:
-            raise self._refused(exc) from exc
-        # The SET may or may not have run: settle it by reading the owner back. No owner means
-        # it did not run (or already expired); another owner means we lost.
-        try:
-            current = conn.client.get(key)
-        except _UNREACHABLE as exc:
-            raise self._unavailable(first) from exc
-        except RedisError as exc:
-            raise self._refused(exc) from exc
-        return current is not None and _text(current) == owner
+        # A SET whose answer was lost may or may not have run: our owner there means we won.
+        return self._settle(
+            lambda c: bool(c.client.set(key, owner, nx=True, px=px)),
+            lambda c: owner_text(c.client.get(key)) == owner,
+        )
 
     def mark_sent(self, key: str, owner: str, ttl: float) -> bool:
         px = _ms(ttl)
-        conn = self._connection()
-        try:
-            return bool(conn.mark(keys=[key, key + MARK_SUFFIX], args=[owner, px]))
-        except _UNREACHABLE as exc:
-            first: BaseException = exc
-        except RedisError as exc:
-            raise self._refused(exc) from exc
-        # Lost answer: the mark is ours only if it reads back as ours.
-        try:
-            current = conn.client.get(key + MARK_SUFFIX)
-        except _UNREACHABLE as exc:
-            raise self._unavailable(first) from exc
-        except RedisError as exc:
-            raise self._refused(exc) from exc
-        if current is not None and _text(current) == owner:
-            return True
-        raise self._unavailable(first)
+        mark = key + MARK_SUFFIX
+        return self._settle(
+            lambda c: bool(c.mark(keys=[key, mark], args=[owner, px])),
+            lambda c: owner_text(c.client.get(mark)) == owner,
+            raise_unless_landed=True,
+        )
 
     def read_claim(self, key: str) -> ClaimInfo:
-        owner, mark = self._call(lambda c: c.client.mget([key, key + MARK_SUFFIX]))
-        return ClaimInfo(owner=_text(owner), sent_by=_text(mark))
+        owner, mark = self._call(lambda c: self._get(c, key, key + MARK_SUFFIX))
+        return ClaimInfo(owner=owner_text(owner), sent_by=owner_text(mark))
 
     def release(self, key: str, owner: str) -> bool:
         return bool(self._call(lambda c: c.release(keys=[key], args=[owner])))
 
-    def publish(self, key: str, value: str, ttl: float) -> None:
-        seconds = math.ceil(check_ttl(ttl))
-        if not isinstance(value, str):
-            raise TypeError(f"values are text, not {type(value).__name__}")
-
+    def _publish(self, key: str, value: str, ttl: float) -> None:
+        seconds = math.ceil(ttl)
         self._call(lambda c: c.cache.set(key, value, timeout=seconds))
         if self.notify:
-            # Only a wake-up: the value is stored, and waiters re-read it every 0.25 s anyway.
+            # Only a wake-up: the value is stored, and waiters re-read it now and then anyway.
             with contextlib.suppress(RedisError, OSError):
                 self._connection().client.publish(key, b"1")
 
     def read(self, key: str) -> str | None:
-        value = self._call(lambda c: c.cache.get(key))
-        return value if isinstance(value, str) else None
+        return value_text(self._call(lambda c: self._get(c, key)[0]))
 
     def forget(self, key: str) -> None:
         self._call(lambda c: c.cache.delete(key))
@@ -292,7 +261,8 @@ class RedisStore(ServerStore):
         """Subscribe to ``key``'s channel, then read: wakes as soon as :meth:`publish` runs.
 
         The subscription is confirmed before the first read, so a publish cannot slip in
-        between; the value is also re-read every 0.25 s in case a wake-up was missed.
+        between; the value is also re-read every :attr:`reread_interval` seconds in case a
+        wake-up was missed.
         """
         if not self.notify:
             return super().wait_for(key, timeout)
@@ -300,68 +270,46 @@ class RedisStore(ServerStore):
         value = self.read(key)  # the common case needs no subscription
         if value is not None or timeout <= 0:
             return value
-        conn = self._connection()
         try:
-            pubsub = conn.client.pubsub(  # type: ignore[no-untyped-call]
-                ignore_subscribe_messages=False
-            )
-            try:
-                pubsub.subscribe(key)
-                # Wait for the confirmation: only then can no publish be missed.
-                confirm_by = time.monotonic() + self.socket_timeout
-                while time.monotonic() < confirm_by:
-                    msg = pubsub.get_message(timeout=max(0.0, confirm_by - time.monotonic()))
-                    if msg is not None and msg.get("type") == "subscribe":
-                        break
-                while True:
-                    value = conn.cache.get(key)
-                    if isinstance(value, str):
-                        return value
-                    left = end - time.monotonic()
-                    if left <= 0:
-                        return None
-                    pubsub.get_message(timeout=min(left, 0.25))
-            finally:
-                pubsub.close()
-        except _UNREACHABLE as exc:
-            raise self._unavailable(exc) from exc
-        except RedisError as exc:
-            if isinstance(exc, ReadOnlyError) or not isinstance(exc, ResponseError):
-                raise self._refused(exc) from exc
+            return self._call(lambda c: self._wait_subscribed(c, key, end))
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, ResponseError):
+                raise
         # Pub/sub refused (an ACL without it, a proxy): poll for the time that is left.
         return super().wait_for(key, end - time.monotonic())
 
+    def _wait_subscribed(self, conn: _Conn, key: str, end: float) -> str | None:
+        pubsub = conn.client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(key)
+            # Wait for the confirmation: only then can no publish be missed.
+            confirm_by = time.monotonic() + self.timeout
+            while time.monotonic() < confirm_by:
+                msg = pubsub.get_message(timeout=max(0.0, confirm_by - time.monotonic()))
+                if msg is not None and msg.get("type") == "subscribe":
+                    break
+            while True:
+                value = value_text(self._get(conn, key)[0])
+                if value is not None:
+                    return value
+                left = end - time.monotonic()
+                if left <= 0:
+                    return None
+                pubsub.get_message(timeout=min(left, self.reread_interval))
+        finally:
+            pubsub.close()
+
     def _read_server(self) -> tuple[str | None, float | None]:
         """``run_id`` (new on every restart) and ``uptime_in_seconds``, from ``INFO server``."""
-        try:
-            info = self._call(lambda c: c.client.info("server"))
-        except StoreUnavailable:
-            raise
-        except StoreError:
-            return None, None  # INFO refused (a proxy, an ACL): restarts cannot be noticed
+        info = self._server_info(lambda c: c.client.info("server"))
         if not isinstance(info, dict):
             return None, None
         uptime = info.get("uptime_in_seconds")
-        return _text(info.get("run_id")), (
+        return owner_text(info.get("run_id")), (
             float(uptime) if isinstance(uptime, (int, float)) else None
         )
-
-    def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None and conn.pid == os.getpid():
-            conn.client.close()
-
-    # -- plumbing --------------------------------------------------------------------------
-
-    def _call(self, fn: Callable[[_Conn], _T]) -> _T:
-        conn = self._connection()
-        try:
-            return fn(conn)
-        except _UNREACHABLE as exc:
-            raise self._unavailable(exc) from exc
-        except RedisError as exc:
-            raise self._refused(exc) from exc
 
     def __repr__(self) -> str:
         return f"RedisStore({redact(self.url)!r})"

@@ -6,7 +6,9 @@ optional extras. Errors name the config key and never echo a password from the U
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -22,7 +24,7 @@ DEFAULT_DIRECTORY = "tokenguard-store"
 def store_from_uri(uri: str | None, *, instance_path: str, **options: Any) -> Store:
     """Build the store ``uri`` names; None means a :class:`FileStore` under the instance path.
 
-    ``options`` go to the backend's constructor (e.g. ``socket_timeout`` for Redis).
+    ``options`` go to the backend's constructor (e.g. ``timeout``).
     Raises :class:`ConfigurationError` for an unknown scheme, a relative ``file://`` path, a
     malformed URL or a backend whose optional dependency is not installed.
     """
@@ -52,29 +54,30 @@ def store_from_uri(uri: str | None, *, instance_path: str, **options: Any) -> St
     )
 
 
-def _missing(extra: str, module: str) -> ConfigurationError:
-    return ConfigurationError(
-        f'{CONFIG_KEY} needs the {module!r} package: pip install "flask-tokenguard[{extra}]"'
-    )
+@contextlib.contextmanager
+def _needs(package: str, extra: str) -> Iterator[None]:
+    """Turn the ImportError of a missing optional ``package`` into the command that installs it."""
+    try:
+        yield
+    except ImportError as exc:
+        name = exc.name or ""
+        if name == package or name.startswith(package + "."):
+            raise ConfigurationError(
+                f"{CONFIG_KEY} needs the {package!r} package: "
+                f'pip install "flask-tokenguard[{extra}]"'
+            ) from None
+        raise
 
 
 def _redis(uri: str, options: dict[str, Any]) -> Store:
-    try:
+    with _needs("redis", "redis"):
         from .redis import RedisStore
-    except ImportError as exc:
-        if _is_missing(exc, "redis"):
-            raise _missing("redis", "redis") from None
-        raise
     return RedisStore.from_url(uri, **options)
 
 
 def _memcached(uri: str, options: dict[str, Any]) -> Store:
-    try:
+    with _needs("pymemcache", "memcached"):
         from .memcached import MemcachedStore
-    except ImportError as exc:
-        if _is_missing(exc, "pymemcache"):
-            raise _missing("memcached", "pymemcache") from None
-        raise
     return MemcachedStore.from_url(uri, **options)
 
 
@@ -103,11 +106,6 @@ def _simple(uri: str, options: dict[str, Any]) -> Store:
     if options:
         raise ConfigurationError(f"{CONFIG_KEY} simple:// takes no options: {sorted(options)}")
     return MemoryStore()
-
-
-def _is_missing(exc: ImportError, package: str) -> bool:
-    name = exc.name or ""
-    return name == package or name.startswith(package + ".")
 
 
 def redact(uri: str) -> str:

@@ -54,12 +54,43 @@ def test_file_needs_an_absolute_path(url: str, tmp_path: Path) -> None:
     "url", ["redis://127.0.0.1:6379/0", "redis://:pw@cache.internal:6380/2", "rediss://h:6379"]
 )
 def test_redis(url: str, tmp_path: Path) -> None:
-    store = store_from_uri(url, instance_path=str(tmp_path), socket_timeout=0.1)
+    store = store_from_uri(url, instance_path=str(tmp_path), timeout=0.1)
     assert isinstance(store, RedisStore)
     assert store.url == url
-    assert store.socket_timeout == 0.1
+    assert store.timeout == 0.1
     assert "pw" not in repr(store)
     store.close()  # nothing was connected: the client is made on first use
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/abc",
+        "redis://127.0.0.1:6379/-1",
+        "redis://127.0.0.1:6379/99999",
+        "redis://127.0.0.1:6379/16",
+        "redis://127.0.0.1:6379/1.5",
+        "redis://:hunter2@127.0.0.1:6379/abc",
+        "rediss://user:hunter2@127.0.0.1:6379/-1",
+        "redis://user:hunter2@127.0.0.1:6379/99999",
+        "redis://127.0.0.1:6379/0?db=99999",
+    ],
+)
+def test_bad_redis_database_numbers(url: str, tmp_path: Path) -> None:
+    """Refused at once, not at the first SELECT; the message never shows the password."""
+    with pytest.raises(ConfigurationError, match="TOKENGUARD_CACHE_URL") as info:
+        store_from_uri(url, instance_path=str(tmp_path))
+    message = str(info.value)
+    assert "database number" in message
+    assert "hunter2" not in message
+    assert info.value.__cause__ is None, "the chained error could show the URL"
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379", "redis://h/", "redis://h/15"])
+def test_good_redis_database_numbers(url: str, tmp_path: Path) -> None:
+    store = store_from_uri(url, instance_path=str(tmp_path))
+    assert isinstance(store, RedisStore)
+    store.close()
 
 
 def test_memcached(tmp_path: Path) -> None:

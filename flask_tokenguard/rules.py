@@ -1,0 +1,263 @@
+"""The per-request rules: what a request does with its token, and what it may answer.
+
+Nothing here knows about Flask. :class:`TokenRules` works on a session mapping and on the
+request's :class:`RequestState`, and returns a :class:`Verdict` (serve, unauthorized, or
+unavailable) that the extension maps to a response. See "The per-request rules" in
+docs/design.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .coordinator import Coordinator, OutcomeCallback
+from .deadline import Deadline
+from .errors import (
+    InvalidGrant,
+    OutcomeUnknown,
+    ProviderError,
+    RefreshError,
+    StoreError,
+    TokenError,
+    TokenGuardError,
+)
+from .session import Record, SessionTokens
+from .token import Token, TokenState, accept, is_due, is_expired
+
+log = logging.getLogger("flask_tokenguard")
+
+Session = MutableMapping[str, Any]
+
+
+@dataclass(slots=True)
+class RequestState:
+    """What one request learned about its token (the extension keeps it on ``g``)."""
+
+    record: Record | None = field(default=None, repr=False)
+    token: Token | None = field(default=None, repr=False)
+    #: the refresh token the request started with, once opened
+    initial_refresh_token: str | None = field(default=None, repr=False)
+    error: TokenGuardError | None = None
+    refreshed: bool = False
+    checked: bool = False
+    deadline: Deadline | None = field(default=None, repr=False)
+
+
+class Decision(Enum):
+    SERVE = "serve"
+    UNAUTHORIZED = "unauthorized"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the request may answer; ``error`` says why it may not serve."""
+
+    decision: Decision
+    error: TokenGuardError | None = None
+
+
+SERVE = Verdict(Decision.SERVE)
+
+
+class TokenRules:
+    """The decisions of one app: refresh when due, heal stale sessions, judge the request."""
+
+    def __init__(self, tokens: SessionTokens, coordinator: Coordinator, wait_timeout: float):
+        self.tokens = tokens
+        self.coordinator = coordinator
+        self.wait_timeout = wait_timeout
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def check(
+        self,
+        session: Session,
+        state: RequestState,
+        *,
+        force: bool = False,
+        on_outcome: OutcomeCallback | None = None,
+    ) -> RequestState:
+        """Bring the session's token up to date, once per request.
+
+        Fast path: a token that is not due costs two dictionary reads and no I/O. A due one
+        is refreshed through the coordinator (shared with every request that needs it), and
+        the session always reflects the outcome; only the response is left to :meth:`verdict`.
+        """
+        if state.checked:
+            return state
+        state.checked = True
+        try:
+            record = state.record = self.tokens.peek(session)
+        except TokenError as exc:
+            self._drop(session, state, exc)
+            return state
+        if record is None or not (force or is_due(record.due)):
+            return state
+        if record.state is TokenState.AMBIGUOUS:
+            return state  # never presented again; the access token serves until expiry
+        token = self.open(session, state)
+        if token is None:
+            return state
+        refresh_token = state.initial_refresh_token = token.get("refresh_token")
+        if not refresh_token:
+            return state  # nothing to refresh with; the verdict decides
+        state.deadline = Deadline(self.wait_timeout)
+        try:
+            new, _called = self.coordinator.refresh(token, state.deadline, on_outcome)
+        except InvalidGrant as exc:
+            self._drop(session, state, exc)
+        except OutcomeUnknown as exc:
+            log.warning("refresh outcome unknown (%s): this refresh token is not used again", exc)
+            self._keep(session, state, token, TokenState.AMBIGUOUS)
+            state.error = exc
+        except ProviderError as exc:
+            log.error("the provider refused this client (%s): check the client settings", exc)
+            state.error = exc
+        except (RefreshError, StoreError) as exc:
+            log.warning("refresh not done (%s); the token is kept", exc)
+            state.error = exc
+        else:
+            if self.coordinator.is_revoked(refresh_token):
+                self._drop(session, state, InvalidGrant("signed out during the refresh"))
+            else:
+                self._keep(session, state, new)
+                state.refreshed = True
+        return state
+
+    def open(self, session: Session, state: RequestState) -> Token | None:
+        """The request's token, opened once; a blob that does not open is dropped."""
+        if state.token is None and state.record is not None:
+            try:
+                state.token = self.tokens.open(session, state.record)
+            except TokenError as exc:
+                self._drop(session, state, exc)
+        return state.token
+
+    def verdict(self, session: Session, state: RequestState) -> Verdict:
+        """Whether a protected view may run; a token that can never serve again is removed."""
+        record = state.record
+        error = state.error
+        if record is None:
+            return Verdict(Decision.UNAUTHORIZED, error)
+        if self.open(session, state) is None:  # a blob that does not open is no token
+            return Verdict(Decision.UNAUTHORIZED, state.error)
+        expired = is_expired(record.exp)
+        if record.state is TokenState.AMBIGUOUS:
+            if expired:
+                self._drop(session, state, error or OutcomeUnknown("sign-in required again"))
+                return Verdict(Decision.UNAUTHORIZED, state.error)
+            return SERVE
+        if expired and isinstance(error, (RefreshError, StoreError)):
+            return Verdict(Decision.UNAVAILABLE, error)
+        if expired:
+            # Nothing could refresh it (there is no refresh token): sign in again.
+            self._drop(session, state, InvalidGrant("the access token expired"))
+            return Verdict(Decision.UNAUTHORIZED, state.error)
+        return SERVE
+
+    def refresh_now(
+        self, session: Session, state: RequestState, on_outcome: OutcomeCallback | None = None
+    ) -> Token | None:
+        """Refresh whatever the expiry says; the new token, or None with ``state.error`` set."""
+        state.checked, state.refreshed, state.error = False, False, None
+        self.check(session, state, force=True, on_outcome=on_outcome)
+        if state.refreshed:
+            return state.token
+        if state.error is None:
+            record = state.record
+            state.error = (
+                InvalidGrant("there is no token to refresh")
+                if record is None
+                else OutcomeUnknown("this refresh token may have been used: sign in again")
+                if record.state is TokenState.AMBIGUOUS
+                else InvalidGrant("the token has no refresh token")
+            )
+        return None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def login(self, session: Session, state: RequestState, reply: Any) -> Token:
+        """Make ``reply`` (a token from a sign-in) the session's token; raises TokenError."""
+        token = accept(reply)
+        self._keep(session, state, token)
+        state.error = None
+        state.checked = True
+        state.initial_refresh_token = token.get("refresh_token")
+        return token
+
+    def logout(self, session: Session, state: RequestState) -> None:
+        """Remove the token; a refresh still in flight elsewhere will not bring it back."""
+        try:
+            record = self.tokens.peek(session)
+        except TokenError:
+            record = None
+        if record != state.record:
+            state.record, state.token = record, None
+        token = self.open(session, state)
+        current = token.get("refresh_token") if token is not None else None
+        for refresh_token in {state.initial_refresh_token, current}:
+            if refresh_token:
+                self.coordinator.revoke(refresh_token)
+        self.tokens.clear(session)
+        state.record = state.token = state.initial_refresh_token = None
+        state.checked = True
+
+    @staticmethod
+    def needs_guard(state: RequestState) -> bool:
+        """Whether :meth:`guard` must run for this response: only a token inside its refresh
+        window (now: a slow request may have started before it) can have been refreshed by
+        someone else, and a token this request refreshed may meet a logout."""
+        record = state.record
+        return record is not None and (state.refreshed or is_due(record.due))
+
+    def guard(self, session: Session, state: RequestState) -> None:
+        """The lost-update guard, run before the response goes out.
+
+        Never let this response store a token older than the newest one known for it, nor
+        restore one that was signed out meanwhile.
+        """
+        try:
+            record = self.tokens.peek(session)
+            if record is None or record.state is TokenState.AMBIGUOUS:
+                return
+            if record != state.record:
+                state.record, state.token = record, None
+            token = self.open(session, state)
+        except TokenError:
+            return  # the next request discards it, with a log line
+        if token is None:
+            return
+        current = token.get("refresh_token")
+        if not isinstance(current, str):
+            return
+        candidates = {current}
+        if state.initial_refresh_token:
+            candidates.add(state.initial_refresh_token)
+        if any(self.coordinator.is_revoked(rt) for rt in candidates):
+            self.tokens.clear(session)
+            return
+        newest = self.coordinator.newest(current)
+        if newest is not None and newest.get("refresh_token") != current:
+            self.tokens.save(session, newest)
+
+    def _keep(
+        self,
+        session: Session,
+        state: RequestState,
+        token: Token,
+        mark: TokenState = TokenState.OK,
+    ) -> None:
+        state.record = self.tokens.save(session, token, state=mark)
+        state.token = token
+
+    def _drop(self, session: Session, state: RequestState, error: TokenGuardError) -> None:
+        if isinstance(error, TokenError):
+            log.warning("discarding the session's token: %s", error)
+        self.tokens.clear(session)
+        state.error = error
+        state.record = state.token = None

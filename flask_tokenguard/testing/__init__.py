@@ -1,0 +1,67 @@
+"""Helpers for testing apps that use flask-tokenguard.
+
+``TokenGuardClient`` is a Flask test client signed in with a token (like Flask-Login's
+``FlaskLoginClient``). ``ProviderServer`` runs the strict demo OAuth provider on a free port of
+127.0.0.1 (needs the ``demo`` extra); ``ProviderHandle`` drives any running one over HTTP (URLs,
+credentials, the ``stats()`` oracle with presentation counts, fault switches, ``issue()``,
+``login()``, ``refresh()``). Names are loaded on first use; see "Testing your app" in the README.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import TokenGuardClient
+    from .handle import DEFAULT_REDIRECT_URI, ProviderHandle
+    from .provider import (
+        FAULTS,
+        ProviderConfig,
+        ProviderServer,
+        ProviderState,
+        UnsafeHostError,
+        create_provider_app,
+        fingerprint,
+        get_provider_state,
+    )
+
+_WHERE = {
+    "TokenGuardClient": ".client",
+    "DEFAULT_REDIRECT_URI": ".handle",
+    "ProviderHandle": ".handle",
+    "FAULTS": ".provider",
+    "ProviderConfig": ".provider",
+    "ProviderServer": ".provider",
+    "ProviderState": ".provider",
+    "UnsafeHostError": ".provider",
+    "create_provider_app": ".provider",
+    "fingerprint": ".provider",
+    "get_provider_state": ".provider",
+}
+
+__all__ = [
+    "DEFAULT_REDIRECT_URI",
+    "FAULTS",
+    "ProviderConfig",
+    "ProviderHandle",
+    "ProviderServer",
+    "ProviderState",
+    "TokenGuardClient",
+    "UnsafeHostError",
+    "create_provider_app",
+    "fingerprint",
+    "get_provider_state",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -1,0 +1,246 @@
+"""The file store: layout, lock stripes, sweeping, forks, and the directory it will trust."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flask_tokenguard.errors import ConfigurationError, StoreUnavailable
+from flask_tokenguard.stores.files import FileStore
+from tests.fixtures.services import StoreSpec
+from tests.stores.helpers import FORK, eventually
+
+
+def test_file_store_layout(tmp_path: Path) -> None:
+    from flask_tokenguard.stores.files import file_name
+
+    store = FileStore(tmp_path / "store")
+    try:
+        assert (tmp_path / "store").stat().st_mode & 0o777 == 0o700
+        key = "tokenguard:result:" + "ab" * 32
+        assert file_name(key) == key
+        store.publish(key, "v", 30)
+        assert store.value_path(key) == tmp_path / "store" / key
+        assert store.value_path(key).stat().st_mode & 0o777 == 0o600
+        names = {file_name(k) for k in ("a/b", "a%2Fb", "a.claim", "../x", "", "é", "a b")}
+        assert len(names) == 7, "escaping is injective"
+        assert all("/" not in n and "." not in n and n for n in names)
+        assert len(file_name("k" * 500)) < 100
+        with pytest.raises(ValueError):
+            FileStore("relative/dir")
+    finally:
+        store.close()
+
+
+def test_file_store_busy_lock_is_unavailable_not_a_hang(tmp_path: Path) -> None:
+    """A process stopped inside the short locked section blocks its keys' stripe: the others
+    get StoreUnavailable after ``lock_timeout``; lock-free reads still work."""
+    import fcntl
+    import hashlib
+
+    from flask_tokenguard.stores.files import file_name
+
+    store = FileStore(tmp_path / "store", lock_timeout=0.2)
+    key = "tokenguard:claim:" + "cd" * 32
+    store.publish(key, "still readable", 30)
+    stripe = hashlib.sha256(file_name(key).encode()).hexdigest()[:2]
+    fd = os.open(tmp_path / "store" / ".locks" / stripe, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as if a stopped process held it
+        start = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            store.claim(key, "alice", 5)
+        assert 0.2 <= time.monotonic() - start < 3.0, "waited lock_timeout, then gave up"
+        assert store.read(key) == "still readable"
+    finally:
+        os.close(fd)
+    assert store.claim(key, "alice", 5)
+    store.close()
+
+
+def test_file_store_sweeps_expired_files(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    try:
+        store.publish("tgtest:v", "v", 1)
+        store.publish("tgtest:keep", "v", 30)
+        assert store.claim("tgtest:c", "alice", 1)
+        assert store.mark_sent("tgtest:c", "alice", 1)
+        assert store.claim("tgtest:held", "alice", 30)
+        time.sleep(1.1)
+        assert store.sweep() == 3
+        left = sorted(p.name for p in (tmp_path / "store").iterdir() if p.name[0] != ".")
+        assert left == ["tgtest:held.claim", "tgtest:keep"]
+    finally:
+        store.close()
+
+
+def test_file_store_recreates_a_vanished_directory(tmp_path: Path) -> None:
+    import shutil
+
+    store = FileStore(tmp_path / "store")
+    try:
+        before = store.identity()
+        shutil.rmtree(tmp_path / "store")
+        store.publish("tgtest:v", "v", 30)
+        assert store.read("tgtest:v") == "v"
+        assert store.identity() != before, "a new directory is a store that lost its state"
+    finally:
+        store.close()
+
+
+def _claim_fork_and_hang(spec: StoreSpec, key: str, grandchild: Any) -> None:
+    store = spec.open()
+    if not store.claim(key, "parent", 30):
+        os._exit(3)
+    pid = os.fork()
+    if pid == 0:  # the grandchild inherits the descriptors, but must not keep the claim alive
+        time.sleep(60)
+        os._exit(0)
+    grandchild.put(pid)
+    time.sleep(60)
+
+
+@pytest.mark.slow
+def test_file_claims_are_not_inherited_by_a_fork(tmp_path: Path) -> None:
+    spec = StoreSpec("file", str(tmp_path / "store"), "tgtest:")
+    key = spec.key("claim", "fork")
+    queue = FORK.Queue()
+    child = FORK.Process(target=_claim_fork_and_hang, args=(spec, key, queue))
+    child.start()
+    grandchild = queue.get(timeout=10)
+    store = FileStore(spec.location)
+    try:
+        assert store.read_claim(key).owner == "parent"
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        assert eventually(lambda: store.claim(key, "heir", 5), 3.0), "the fork kept the claim"
+    finally:
+        os.kill(grandchild, signal.SIGKILL)  # first: it holds the child's join sentinel too
+        with pytest.raises(ChildProcessError):
+            os.waitpid(grandchild, 0)  # not our child: reaped by init
+        queue.close()
+        queue.join_thread()
+        store.close()
+        child.join()
+
+
+# -- the directory it trusts -------------------------------------------------------------------
+
+
+def _refused(directory: Path) -> str:
+    with pytest.raises(ConfigurationError) as info:
+        FileStore(directory)
+    message = str(info.value)
+    assert "TOKENGUARD_CACHE_URL" in message
+    return message
+
+
+@pytest.mark.parametrize("where", ["directory", "locks"])
+def test_a_symlinked_directory_is_refused(tmp_path: Path, where: str) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    if where == "directory":
+        (tmp_path / "store").symlink_to(real)
+        directory = tmp_path / "store"
+    else:
+        directory = tmp_path / "store"
+        directory.mkdir(mode=0o700)
+        (directory / ".locks").symlink_to(real)
+    assert "symlink" in _refused(directory)
+    assert list(real.iterdir()) == [], "nothing written through the link"
+
+
+@pytest.mark.parametrize("mode", [0o720, 0o770, 0o702, 0o707, 0o777])
+@pytest.mark.parametrize("where", ["directory", "locks"])
+def test_a_directory_others_can_write_is_refused(tmp_path: Path, mode: int, where: str) -> None:
+    directory = tmp_path / "store"
+    target = directory if where == "directory" else directory / ".locks"
+    target.mkdir(mode=0o700, parents=True)
+    os.chmod(target, mode)  # mkdir's mode passes through the umask
+    message = _refused(directory)
+    assert "writable by group or others" in message and "chmod 700" in message
+    assert not (directory / ".identity").exists(), "nothing written into it"
+
+
+def test_a_shared_directory_like_tmp_is_refused(tmp_path: Path) -> None:
+    """The advice is a directory of its own, never to chmod a shared one."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    os.chmod(directory, 0o1777)
+    message = _refused(directory)
+    assert "shared" in message and "chmod" not in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory away")
+def test_a_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "store"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, pwd.getpwnam("nobody").pw_uid, -1)
+    assert "owned by uid" in _refused(directory)
+
+
+def test_a_directory_it_creates_is_private(tmp_path: Path) -> None:
+    old = os.umask(0)  # even with a permissive umask
+    try:
+        store = FileStore(tmp_path / "new" / "store")
+    finally:
+        os.umask(old)
+    try:
+        for path in (tmp_path / "new" / "store", tmp_path / "new" / "store" / ".locks"):
+            assert path.stat().st_mode & 0o777 == 0o700
+        store.ping()
+    finally:
+        store.close()
+
+
+def test_a_directory_made_unsafe_later_is_unavailable(tmp_path: Path) -> None:
+    """The directory is checked again when it is recreated: a swapped-in link is not used."""
+    import shutil
+
+    store = FileStore(tmp_path / "store")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    try:
+        shutil.rmtree(tmp_path / "store")
+        (tmp_path / "store").symlink_to(elsewhere)
+        with pytest.raises(StoreUnavailable, match="symlink"):
+            store.publish("tgtest:v", "v", 30)
+        assert list(elsewhere.iterdir()) == []
+    finally:
+        store.close()
+
+
+# -- reads -----------------------------------------------------------------------------------
+
+
+def test_a_record_over_the_cap_is_void(tmp_path: Path) -> None:
+    from flask_tokenguard.stores.base import MAX_VALUE_BYTES
+
+    store = FileStore(tmp_path / "store")
+    try:
+        value = "x" * (MAX_VALUE_BYTES - 100)  # its record (JSON, an expiry) is a little longer
+        store.publish("tgtest:big", value, 30)
+        assert store.read("tgtest:big") == value
+        store.publish("tgtest:big", value + "x" * 200, 30)
+        assert store.read("tgtest:big") is None
+        path = store.value_path("tgtest:big")
+        assert path.stat().st_size > MAX_VALUE_BYTES
+    finally:
+        store.close()
+
+
+def test_ping_recreates_a_vanished_directory(tmp_path: Path) -> None:
+    import shutil
+
+    store = FileStore(tmp_path / "store")
+    try:
+        shutil.rmtree(tmp_path / "store")
+        store.ping()
+        assert (tmp_path / "store" / ".locks").is_dir()
+    finally:
+        store.close()

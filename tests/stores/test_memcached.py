@@ -1,0 +1,76 @@
+"""memcached specifics: ttl rounding, key digests, tombstones, identity, the client per process."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+
+def test_memcached_ttls_and_keys() -> None:
+    from flask_tokenguard.stores.memcached import _expire, _mkey
+
+    assert _expire(0.3) == 2  # its clock ticks once a second: one tick more than asked
+    assert _expire(1) == 2
+    assert _expire(1.5) == 3
+    assert _expire(365 * 24 * 3600) == 30 * 24 * 3600  # never read as a Unix time
+    assert _mkey("tokenguard:claim:ab12") == "tokenguard:claim:ab12"
+    for odd in ("with space", "x" * 300, "naïve", "tab\there"):
+        hashed = _mkey(odd)
+        assert hashed.startswith("tg~") and len(hashed) < 100
+
+
+def test_memcached_release_leaves_a_tombstone_a_claim_can_take(memcached_url: str) -> None:
+    from pymemcache.client.base import Client
+
+    from flask_tokenguard.stores.memcached import TOMBSTONE, MemcachedStore, parse_memcached_url
+
+    store = MemcachedStore.from_url(memcached_url)
+    raw = Client(parse_memcached_url(memcached_url), connect_timeout=1, timeout=1)
+    key = f"tgtest:{os.getpid()}:{time.monotonic_ns()}:claim"
+    try:
+        assert store.claim(key, "alice", 30)
+        assert store.release(key, "alice")
+        assert raw.get(key) == TOMBSTONE
+        assert store.read_claim(key).owner is None
+        assert not store.release(key, "alice")
+        assert store.claim(key, "bob", 30)
+        assert raw.get(key) == b"bob"
+    finally:
+        raw.close()
+        store.close()
+
+
+def test_memcached_identity_is_stable(memcached_url: str) -> None:
+    from flask_tokenguard.stores.memcached import MemcachedStore
+
+    store = MemcachedStore.from_url(memcached_url, identity_ttl=0.0)
+    try:
+        first = store.identity()
+        assert first and store.identity() == first
+    finally:
+        store.close()
+
+
+def test_memcached_client_is_recreated_in_a_forked_child(
+    memcached_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new pid (a fork) gets a client of its own; the parent's is kept, never closed."""
+    from flask_tokenguard.stores.memcached import MemcachedStore
+
+    store = MemcachedStore.from_url(memcached_url)
+    try:
+        store.ping()
+        assert store._client is not None
+        parent = store._client[1]
+        monkeypatch.setattr(os, "getpid", lambda: -1)
+        store.ping()
+        assert store._client[0] == -1 and store._client[1] is not parent
+        assert store._orphans == [parent]
+        store.close()  # "our" client: closed; the orphan is not touched
+        assert store._client is None
+    finally:
+        monkeypatch.undo()
+        store.close()
+        parent.close()

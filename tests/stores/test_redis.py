@@ -1,0 +1,337 @@
+"""Redis specifics: lost answers, no hidden retries, a paused or restarted server, forks,
+pub/sub wake-ups, ACLs, capped reads."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from flask_tokenguard.errors import StoreUnavailable
+from tests.stores.helpers import FORK, eventually
+
+
+class _LostAnswerRedis:
+    """A client whose SET is sent but whose answer never comes back."""
+
+    def __init__(self, stored: object) -> None:
+        self.stored = stored
+
+    def set(self, *args: object, **kwargs: object) -> bool:
+        import redis
+
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+    def get(self, key: str) -> object:
+        if isinstance(self.stored, BaseException):
+            raise self.stored
+        return self.stored
+
+    def register_script(self, script: str) -> object:
+        return object()
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [(b"me", True), (b"someone-else", False), (None, False), ("down", StoreUnavailable)],
+)
+def test_redis_settles_an_uncertain_claim_by_reading_back(
+    monkeypatch: pytest.MonkeyPatch, stored: object, expected: object
+) -> None:
+    import redis
+
+    from flask_tokenguard.stores.redis import RedisStore
+
+    if stored == "down":
+        stored = redis.exceptions.ConnectionError("Connection refused")
+    monkeypatch.setattr(RedisStore, "_new_client", lambda self: _LostAnswerRedis(stored))
+    store = RedisStore("redis://127.0.0.1:1/0")
+    if expected is StoreUnavailable:
+        with pytest.raises(StoreUnavailable):
+            store.claim("tgtest:uncertain", "me", 5)
+    else:
+        assert store.claim("tgtest:uncertain", "me", 5) is expected
+
+
+class _ReadOnlyRedis(_LostAnswerRedis):
+    """A replica: it refuses every write, so there is nothing to read back."""
+
+    def set(self, *args: object, **kwargs: object) -> bool:
+        import redis
+
+        raise redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
+
+    def get(self, key: str) -> object:
+        raise AssertionError("a refused write is not settled by reading back")
+
+
+def test_a_read_only_redis_is_unavailable_not_a_lost_claim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flask_tokenguard.stores.redis import RedisStore
+
+    monkeypatch.setattr(RedisStore, "_new_client", lambda self: _ReadOnlyRedis(None))
+    store = RedisStore("redis://127.0.0.1:1/0")
+    with pytest.raises(StoreUnavailable, match="read-only"):
+        store.claim("tgtest:replica", "me", 5)
+
+
+def test_redis_has_no_hidden_retries(redis_url: str) -> None:
+    from redis.backoff import NoBackoff
+
+    from flask_tokenguard.stores.redis import RedisStore
+
+    store = RedisStore(redis_url, connect_timeout=0.25, timeout=0.25)
+    try:
+        pool = store._connection().client.connection_pool
+        kwargs = pool.connection_kwargs
+        assert kwargs["socket_timeout"] == 0.25
+        assert kwargs["socket_connect_timeout"] == 0.25
+        assert kwargs["retry"].get_retries() == 0
+        assert isinstance(kwargs["retry"]._backoff, NoBackoff)
+        assert not kwargs.get("retry_on_timeout")
+    finally:
+        store.close()
+
+
+def test_paused_redis_fails_fast(private_redis: Any) -> None:
+    from flask_tokenguard.stores.redis import RedisStore
+
+    store = RedisStore(private_redis.url, connect_timeout=0.3, timeout=0.3)
+    try:
+        assert store.claim("tgtest:paused:a", "alice", 30)
+        private_redis.pause()
+        try:
+            for operation in (
+                store.ping,
+                lambda: store.claim("tgtest:paused:b", "alice", 30),  # SET, then read-back
+                lambda: store.read("tgtest:paused:v"),
+                lambda: store.mark_sent("tgtest:paused:a", "alice", 30),
+            ):
+                start = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    operation()
+                assert time.monotonic() - start < 3.0, "failed fast"
+        finally:
+            private_redis.resume()
+        # The queued SET may have run on resume: our claim then sits there until its ttl,
+        # which is safe (nobody sends), and the store works again at once.
+        assert store.read_claim("tgtest:paused:b").owner in (None, "alice")
+        assert store.claim("tgtest:paused:c", "alice", 30)
+    finally:
+        store.close()
+
+
+def _use_inherited_store(store: Any, key: str, results: Any) -> None:
+    inherited = store._client
+    won = store.claim(key, "child", 30)
+    pid, conn = store._client
+    results.put((won, conn is not inherited[1], pid == os.getpid(), store.read(key + ":v")))
+    store.close()
+
+
+@pytest.mark.slow
+def test_redis_client_is_recreated_after_fork(redis_url: str, redis_prefix: str) -> None:
+    from flask_tokenguard.stores.redis import RedisStore
+
+    store = RedisStore(redis_url)
+    try:
+        assert store.claim(redis_prefix + "parent", "parent", 30)
+        store.publish(redis_prefix + "child:v", "from parent", 30)
+        before = store._client
+        results = FORK.Queue()
+        child = FORK.Process(
+            target=_use_inherited_store, args=(store, redis_prefix + "child", results)
+        )
+        child.start()
+        try:
+            assert results.get(timeout=10) == (True, True, True, "from parent")
+        finally:
+            child.join(10)
+            results.close()
+            results.join_thread()
+        assert child.exitcode == 0
+        assert store._client is before, "the parent keeps its own client"
+        for _ in range(20):  # the parent's sockets were not shut down or desynchronised
+            assert store.read_claim(redis_prefix + "child").owner == "child"
+            assert store.read_claim(redis_prefix + "parent").owner == "parent"
+    finally:
+        store.close()
+
+
+def test_redis_identity_changes_when_redis_restarts(private_redis: Any) -> None:
+    from flask_tokenguard.stores.redis import RedisStore
+
+    store = RedisStore(private_redis.url, identity_ttl=0.0)
+    try:
+        first = store.identity()
+        assert first and store.identity() == first
+        assert store.claim("tgtest:restart", "alice", 30)
+        private_redis.restart()
+        second = eventually(store.identity, 2.0)
+        assert second and second != first
+        assert store.read_claim("tgtest:restart").owner is None, "a restart forgets claims"
+    finally:
+        store.close()
+
+
+def test_uptime_says_how_long_ago_a_server_lost_its_state(
+    private_redis: Any, memcached_url: str
+) -> None:
+    """The coordinator treats claims as held while the server is younger than a claim ttl."""
+    from flask_tokenguard.stores.memcached import MemcachedStore
+    from flask_tokenguard.stores.redis import RedisStore
+
+    redis_store = RedisStore(private_redis.url, identity_ttl=0.0)
+    memcached_store = MemcachedStore.from_url(memcached_url)
+    try:
+        time.sleep(2.1)
+        before = redis_store.uptime()
+        assert before is not None and before >= 2.0
+        private_redis.restart()
+        after = redis_store.uptime()
+        assert after is not None and after < 2.0, "younger than before the restart"
+        assert (memcached_store.uptime() or 0) >= 0
+    finally:
+        redis_store.close()
+        memcached_store.close()
+
+
+def test_redis_identity_is_cached_briefly(private_redis: Any) -> None:
+    from flask_tokenguard.stores.redis import RedisStore
+
+    store = RedisStore(private_redis.url, identity_ttl=60.0)
+    try:
+        first = store.identity()
+        private_redis.pause()
+        try:
+            assert store.identity() == first, "served from the cache, no round trip"
+        finally:
+            private_redis.resume()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("notify", [True, False])
+def test_redis_wait_for_wakes_on_publish(redis_url: str, redis_prefix: str, notify: bool) -> None:
+    """With ``notify`` a waiter wakes on the PUBLISH: it does not re-read the value on its
+    own here before its timeout. Without, it polls."""
+    from flask_tokenguard.stores.redis import RedisStore
+
+    waiter = RedisStore(redis_url, notify=notify)
+    waiter.reread_interval = 60.0
+    publisher = RedisStore(redis_url, notify=notify)
+    key = redis_prefix + "result:wake"
+    published: list[float] = []
+
+    def publish() -> None:
+        published.append(time.monotonic())
+        publisher.publish(key, "done", 30)
+
+    try:
+        timer = threading.Timer(0.2, publish)
+        timer.start()
+        try:
+            assert waiter.wait_for(key, 30) == "done"
+            woke = time.monotonic()
+        finally:
+            timer.join()
+        assert woke - published[0] < 10.0, "woke on the value, long before the timeout"
+    finally:
+        waiter.close()
+        publisher.close()
+
+
+def test_redis_without_pubsub_or_info_still_works(private_redis: Any) -> None:
+    """An ACL (or a proxy) may refuse PUBLISH, SUBSCRIBE and INFO: values are still published,
+    waiters poll, and identity() is None (restarts cannot be noticed)."""
+    import redis
+
+    from flask_tokenguard.stores.redis import RedisStore
+
+    admin = redis.Redis.from_url(private_redis.url)
+    try:
+        admin.acl_setuser(
+            "limited",
+            enabled=True,
+            passwords=["+pw"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all", "-publish", "-subscribe", "-info"],
+        )
+    finally:
+        admin.close()
+    url = private_redis.url.replace("redis://", "redis://limited:pw@")
+    waiter, publisher = RedisStore(url), RedisStore(url)
+    try:
+        assert waiter.identity() is None
+        timer = threading.Timer(0.1, publisher.publish, args=("tgtest:acl", "done", 30))
+        timer.start()
+        try:
+            assert waiter.wait_for("tgtest:acl", 5) == "done"
+        finally:
+            timer.join()
+    finally:
+        waiter.close()
+        publisher.close()
+
+
+def test_redis_values_are_text_not_pickle(redis_url: str, redis_prefix: str) -> None:
+    import redis
+
+    from flask_tokenguard.stores.redis import RedisStore
+
+    store = RedisStore(redis_url)
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        store.publish(redis_prefix + "v", '!{"a": 1}', 30)
+        assert raw.get(redis_prefix + "v") == b'!{"a": 1}'
+        assert store.read(redis_prefix + "v") == '!{"a": 1}'
+        assert 0 < raw.ttl(redis_prefix + "v") <= 30
+    finally:
+        raw.close()
+        store.close()
+
+
+def test_redis_repr_hides_the_password() -> None:
+    from flask_tokenguard.stores.redis import RedisStore
+
+    store = RedisStore("redis://user:s3cret@127.0.0.1:6379/0")
+    assert "s3cret" not in repr(store)
+
+
+def test_redis_never_fetches_an_oversized_value(private_redis: Any) -> None:
+    """The length is checked in Redis (STRLEN, in the same script as GET): a value over the
+    cap (4 MiB) reads as None without crossing the wire."""
+    import redis
+
+    from flask_tokenguard.stores.base import MAX_VALUE_BYTES
+    from flask_tokenguard.stores.redis import RedisStore
+
+    raw = redis.Redis.from_url(private_redis.url)
+    store = RedisStore(private_redis.url, timeout=5.0)
+    try:
+        raw.set("tgtest:big", b"x" * (MAX_VALUE_BYTES + 1))
+        raw.set("tgtest:big:sent", b"x" * (MAX_VALUE_BYTES + 1))
+        raw.set("tgtest:edge", b"y" * MAX_VALUE_BYTES)
+        store.ping()
+
+        def sent() -> int:
+            return int(raw.info("stats")["total_net_output_bytes"])
+
+        before = sent()
+        assert store.read("tgtest:big") is None
+        assert store.wait_for("tgtest:big", 0.05) is None
+        info = store.read_claim("tgtest:big")
+        assert info.owner is not None and info.sent_by is not None, "held by somebody"
+        assert sent() - before < 64 * 1024
+        assert store.read("tgtest:edge") == "y" * MAX_VALUE_BYTES, "the cap itself is allowed"
+    finally:
+        raw.close()
+        store.close()
