@@ -2,7 +2,7 @@
 
 docs/design.md, "Sealing and key names".
 
-The session holds ``{"v", "exp", "fp", "st", "box"}`` with the token sealed in ``box``
+The session holds ``{"v", "exp", "due", "fp", "st", "box"}`` with the token sealed in ``box``
 (AES-GCM, bound to the readable fields and to the session's ``<key>_sid``); the shared store
 holds records sealed with their key name as associated data. These tests look at what really
 lands in Redis, in files and in the browser's cookie, rotate the secrets, tamper with every
