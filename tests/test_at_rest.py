@@ -1,6 +1,8 @@
-"""Issue 6: tokens are never in clear at rest, and nothing at rest is loaded with pickle.
+"""Tokens are never in clear at rest, and nothing at rest is loaded with pickle.
 
-The session holds ``{"v", "exp", "fp", "st", "box"}`` with the token sealed in ``box``
+docs/design.md, "Sealing and key names".
+
+The session holds ``{"v", "exp", "due", "fp", "st", "box"}`` with the token sealed in ``box``
 (AES-GCM, bound to the readable fields and to the session's ``<key>_sid``); the shared store
 holds records sealed with their key name as associated data. These tests look at what really
 lands in Redis, in files and in the browser's cookie, rotate the secrets, tamper with every

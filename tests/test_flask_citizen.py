@@ -4,6 +4,8 @@ Requests that have nothing to do with tokens are untouched (no ``Vary: Cookie``,
 ``Set-Cookie``, no session store round trip the app did not cause), blueprints can be exempt,
 the handlers are replaceable, async views work, and configuration mistakes are caught at
 ``init_app`` with errors that name the key and leak nothing.
+
+docs/design.md, "The per-request rules".
 """
 
 from __future__ import annotations

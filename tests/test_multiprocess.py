@@ -1,4 +1,7 @@
-"""Ways 2 and 6 of PROBLEM.md: one refresh across gunicorn workers and hosts.
+"""One refresh across gunicorn workers and hosts, and a leader killed around its call.
+
+docs/design.md, "Failure ways" (2. Duplicate refresh across processes and hosts, 6. Leader
+death) and "What each store guarantees".
 
 Real gunicorn workers (4 x 8 threads), the strict provider over HTTP, the real Redis or a
 file store; one user's burst of 48 requests with an expired token, five rotations.
@@ -16,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from .fixtures.apps import burst, new_client
+from .fixtures.apps import burst, new_client, wait_for_refresh_requests
 
 N = 48
 ROTATIONS = 5
@@ -136,7 +139,7 @@ def kill_the_leader(provider, gunicorn, redis_url, redis_prefix, tmp_path, *, be
     runner.start()
     victim = _leader(leaders)
     if not before_send:
-        time.sleep(0.5)  # the request is at the provider now
+        wait_for_refresh_requests(provider)  # the leader's request is at the provider
     os.kill(victim, signal.SIGKILL)
     if before_send:
         (leaders / "stall").unlink()
@@ -151,7 +154,7 @@ def test_a_leader_killed_before_sending_is_taken_over(
     server, http, token, result, elapsed = kill_the_leader(
         provider, gunicorn, redis_url, redis_prefix, tmp_path, before_send=True
     )
-    assert elapsed < LEADER_TIMINGS["TOKENGUARD_WAIT_TIMEOUT"] + 3
+    assert elapsed < LEADER_TIMINGS["TOKENGUARD_WAIT_TIMEOUT"] + 6  # bounded, not hung
     # The requests the killed worker had accepted lost their connection (gunicorn does not
     # spread connections evenly: it may have taken all of them); every other one got the
     # new token from the process that took over.
@@ -171,7 +174,7 @@ def test_a_leader_killed_after_sending_is_never_presented_twice(
         provider, gunicorn, redis_url, redis_prefix, tmp_path, before_send=False
     )
     assert provider.presentations(token["refresh_token"]) == 1
-    assert elapsed < LEADER_TIMINGS["TOKENGUARD_WAIT_TIMEOUT"] + 3
+    assert elapsed < LEADER_TIMINGS["TOKENGUARD_WAIT_TIMEOUT"] + 6  # bounded, not hung
     # Ambiguous: nobody may present the token again; the access token has expired.
     assert all(s in (401, "ConnectionError") for s in result.statuses), result.statuses
     time.sleep(0.5)
