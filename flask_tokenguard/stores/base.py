@@ -113,12 +113,6 @@ class Store(abc.ABC):
     def read_claim(self, key: str) -> ClaimInfo:
         """The live owner of ``key`` and the owner of its "sent" mark, if any."""
 
-    def swap(self, key: str, expected: str | None, value: str, ttl: float) -> bool:  # TEMPORARY
-        raise NotImplementedError
-
-    def touch(self, key: str, ttl: float) -> bool:  # TEMPORARY
-        raise NotImplementedError
-
     @abc.abstractmethod
     def release(self, key: str, owner: str) -> bool:
         """Drop the claim only if ``owner`` holds it (compare-and-delete); the mark stays."""

@@ -139,22 +139,3 @@ class MemoryStore(Store):
                 if now >= end:
                     return None
                 self._cond.wait(end - now)
-
-    # TEMPORARY until the swap branch lands
-    def swap(self, key: str, expected: str | None, value: str, ttl: float) -> bool:
-        with self._cond:
-            now = time.monotonic()
-            if self._live(self._values, key, now) != expected:
-                return False
-            self._values[key] = (value, now + ttl)
-            self._cond.notify_all()
-            return True
-
-    def touch(self, key: str, ttl: float) -> bool:
-        with self._cond:
-            now = time.monotonic()
-            value = self._live(self._values, key, now)
-            if value is None:
-                return False
-            self._values[key] = (value, now + ttl)
-            return True
