@@ -46,11 +46,16 @@ def rotations(provider, http, urls, n=N, rounds=ROTATIONS):
     print(f"\nburst figures (rotation, 200s, refreshes so far, max presentations): {figures}")
 
 
-def test_four_workers_share_one_refresh_through_redis(provider, gunicorn, redis_url, redis_prefix):
+STORAGES = pytest.mark.parametrize("storage", ["store", "session"])
+
+
+@STORAGES
+def test_four_workers_share_one_refresh_through_redis(
+    provider, gunicorn, redis_url, redis_prefix, storage
+):
     provider.set_faults(refresh_delay=0.3, access_ttl=4)
-    server = gunicorn(
-        f"{redis_url}", TG_CONFIG=json.dumps({"TOKENGUARD_KEY_PREFIX": redis_prefix + "tg"})
-    )
+    config = {"TOKENGUARD_KEY_PREFIX": redis_prefix + "tg", "TOKENGUARD_TOKEN_STORAGE": storage}
+    server = gunicorn(f"{redis_url}", TG_CONFIG=json.dumps(config))
     http = new_client(server.url, provider.issue(expires_in=0))
     rotations(provider, http, f"{server.url}/api/profile")
 
@@ -66,28 +71,41 @@ def test_preloaded_workers_each_get_their_own_store_client(
     rotations(provider, http, f"{server.url}/api/profile", rounds=2)
 
 
-def test_two_hosts_share_one_refresh_through_redis(provider, gunicorn, redis_url, redis_prefix):
+@STORAGES
+def test_two_hosts_share_one_refresh_through_redis(
+    provider, gunicorn, redis_url, redis_prefix, storage
+):
     provider.set_faults(refresh_delay=0.3, access_ttl=4)
-    config = json.dumps({"TOKENGUARD_KEY_PREFIX": redis_prefix + "tg"})
+    config = json.dumps(
+        {"TOKENGUARD_KEY_PREFIX": redis_prefix + "tg", "TOKENGUARD_TOKEN_STORAGE": storage}
+    )
     one = gunicorn(redis_url, workers=2, threads=8, TG_CONFIG=config)
     two = gunicorn(redis_url, workers=2, threads=8, TG_CONFIG=config)
     http = new_client(one.url, provider.issue(expires_in=0))
     rotations(provider, http, [f"{one.url}/api/profile", f"{two.url}/api/profile"])
 
 
+@STORAGES
 def test_four_workers_share_one_refresh_through_memcached(
-    provider, gunicorn, memcached_url, tmp_path
+    provider, gunicorn, memcached_url, tmp_path, storage
 ):
     provider.set_faults(refresh_delay=0.3, access_ttl=4)
-    prefix = f"tgtest{tmp_path.name[-6:]}"
-    server = gunicorn(memcached_url, TG_CONFIG=json.dumps({"TOKENGUARD_KEY_PREFIX": prefix}))
+    config = {
+        "TOKENGUARD_KEY_PREFIX": f"tgtest{tmp_path.name[-6:]}",
+        "TOKENGUARD_TOKEN_STORAGE": storage,
+    }
+    server = gunicorn(memcached_url, TG_CONFIG=json.dumps(config))
     http = new_client(server.url, provider.issue(expires_in=0))
     rotations(provider, http, f"{server.url}/api/profile", rounds=3)
 
 
-def test_four_workers_share_one_refresh_through_the_file_store(provider, gunicorn, tmp_path):
+@STORAGES
+def test_four_workers_share_one_refresh_through_the_file_store(
+    provider, gunicorn, tmp_path, storage
+):
     provider.set_faults(refresh_delay=0.3, access_ttl=4)
-    server = gunicorn(f"file://{tmp_path / 'store'}")
+    config = json.dumps({"TOKENGUARD_TOKEN_STORAGE": storage})
+    server = gunicorn(f"file://{tmp_path / 'store'}", TG_CONFIG=config)
     http = new_client(server.url, provider.issue(expires_in=0))
     rotations(provider, http, f"{server.url}/api/profile")
 
