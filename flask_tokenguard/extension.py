@@ -51,9 +51,9 @@ from .login import LoginFlow
 from .logs import install_redaction
 from .provider import ClientCredentials, RefreshClient
 from .records import RecordCodec
-from .rules import Decision, RequestState, TokenRules, Verdict
+from .rules import Decision, RequestState, TokenHolder, TokenRules, Verdict
 from .sealing import Sealer
-from .session import SessionTokens, TokenHolder
+from .session import SessionTokens
 from .signals import token_refresh_failed, token_refreshed
 from .stores.base import Store
 from .stores.uri import store_from_uri

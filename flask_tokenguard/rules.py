@@ -26,12 +26,15 @@ from .errors import (
     TokenError,
     TokenGuardError,
 )
-from .session import Record, RecordConflict, TokenHolder
+from .session import Record, RecordConflict, SessionTokens
+from .tickets import TicketTokens
 from .token import Token, TokenState, accept, is_due, is_expired
 
 log = logging.getLogger("flask_tokenguard")
 
 Session = MutableMapping[str, Any]
+#: Where a session's token lives: in the session itself, or in the store behind a ticket.
+TokenHolder = SessionTokens | TicketTokens
 
 
 @dataclass(slots=True)
@@ -291,13 +294,12 @@ class TokenRules:
 
     def logout_all(self, subject: str) -> int:
         """End every session of ``subject``; how many there were (store storage only)."""
-        logout_all = getattr(self.tokens, "logout_all", None)
-        if logout_all is None:
+        if not isinstance(self.tokens, TicketTokens):
             raise ConfigurationError(
                 "signing out everywhere needs TOKENGUARD_TOKEN_STORAGE = 'store': with 'session'"
                 " the tokens travel in the sessions themselves"
             )
-        return int(logout_all(subject))
+        return self.tokens.logout_all(subject)
 
     def _drop(self, session: Session, state: RequestState, error: TokenGuardError) -> None:
         if isinstance(error, TokenError):

@@ -15,7 +15,7 @@ import json
 import math
 import secrets
 from collections.abc import MutableMapping
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from .errors import TokenError
 from .keys import KeyNames
@@ -46,29 +46,6 @@ class Record(NamedTuple):
     box: str
 
 
-class TokenHolder(Protocol):
-    """Where a session's token lives: :class:`SessionTokens` or the store's ticket holder."""
-
-    key: str
-    #: whether a stale copy of the session can carry an old token back (the guard must run)
-    guards_lost_updates: bool
-
-    def peek(self, session: MutableMapping[str, Any]) -> Record | None: ...
-
-    def open(self, session: MutableMapping[str, Any], record: Record) -> tuple[Token, Record]: ...
-
-    def save(
-        self,
-        session: MutableMapping[str, Any],
-        token: Token,
-        state: TokenState = TokenState.OK,
-        previous: Record | None = None,
-        subject: str | None = None,
-    ) -> Record: ...
-
-    def clear(self, session: MutableMapping[str, Any]) -> None: ...
-
-
 class SessionTokens:
     """Reads and writes the token record in a session mapping (``TOKENGUARD_TOKEN_STORAGE =
     "session"``): the whole token travels with the session."""
@@ -85,22 +62,13 @@ class SessionTokens:
 
     def peek(self, session: MutableMapping[str, Any]) -> Record | None:
         """The record, unopened; None when there is none. Raises TokenError if malformed."""
-        raw = session.get(self.key)
+        raw = read_entry(session, self.key, FORMAT, "record")
         if raw is None:
             return None
-        if not isinstance(raw, dict) or raw.get("v") != FORMAT:
+        fp, box = raw.get("fp"), raw.get("box")
+        if (fp is not None and not isinstance(fp, str)) or not isinstance(box, str):
             raise TokenError("the session's token record is malformed")
-        exp, due, fp, box = raw.get("exp"), raw.get("due"), raw.get("fp"), raw.get("box")
-        state = _STATES.get(raw.get("st"))  # type: ignore[arg-type]
-        if not (is_time(exp) and is_time(due)):
-            raise TokenError("the session's token record has a bad expiry")
-        if fp is not None and not isinstance(fp, str):
-            raise TokenError("the session's token record has a bad fingerprint")
-        if state is None or not isinstance(box, str):
-            raise TokenError("the session's token record is malformed")
-        return Record(
-            None if exp is None else float(exp), None if due is None else float(due), fp, state, box
-        )
+        return readable(raw, "record")._replace(fingerprint=fp, box=box)
 
     def open(self, session: MutableMapping[str, Any], record: Record) -> tuple[Token, Record]:
         """The token in ``record``; re-sealed under the current key if a fallback opened it."""
@@ -158,6 +126,29 @@ class SessionTokens:
         return (
             f"tokenguard-session|{sid}|{record.fingerprint}|{exp}|{due}|{record.state.value}"
         ).encode()
+
+
+def read_entry(
+    session: MutableMapping[str, Any], key: str, version: int, what: str
+) -> dict[str, Any] | None:
+    """The extension's entry in the session, None if absent; TokenError if not ours."""
+    raw = session.get(key)
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or raw.get("v") != version:
+        raise TokenError(f"the session's token {what} is malformed")
+    return raw
+
+
+def readable(raw: dict[str, Any], what: str) -> Record:
+    """The readable part of a session entry (expiry, refresh time, state); TokenError if bad."""
+    exp, due = raw.get("exp"), raw.get("due")
+    state = _STATES.get(raw.get("st"))  # type: ignore[arg-type]
+    if not (is_time(exp) and is_time(due)) or state is None:
+        raise TokenError(f"the session's token {what} is malformed")
+    return Record(
+        None if exp is None else float(exp), None if due is None else float(due), None, state, ""
+    )
 
 
 def is_time(value: Any) -> bool:

@@ -29,12 +29,11 @@ from typing import Any
 from .errors import StoreError, TokenError
 from .keys import KeyNames
 from .sealing import Sealer, SealError
-from .session import Record, RecordConflict, is_time, mark_modified
+from .session import Record, RecordConflict, mark_modified, read_entry, readable
 from .stores.base import Store
 from .token import Token, TokenState, expires_at, refresh_at, restore
 
 FORMAT = 3
-_STATES = {state.value: state for state in TokenState}
 _ID_BYTES, _SECRET_BYTES = 16, 32
 #: How many times an index update is retried against concurrent writers.
 _INDEX_TRIES = 8
@@ -68,23 +67,12 @@ class TicketTokens:
 
     def peek(self, session: MutableMapping[str, Any]) -> Record | None:
         """The ticket's view of the token, unopened; None without one. TokenError if malformed."""
-        raw = session.get(self.key)
+        raw = read_entry(session, self.key, FORMAT, "ticket")
         if raw is None:
             return None
-        if not isinstance(raw, dict) or raw.get("v") != FORMAT:
-            raise TokenError("the session's token ticket is malformed")
-        exp, due, state = raw.get("exp"), raw.get("due"), _STATES.get(raw.get("st"))  # type: ignore[arg-type]
-        if not (is_time(exp) and is_time(due)) or state is None:
-            raise TokenError("the session's token ticket is malformed")
         if not isinstance(raw.get("id"), str) or not isinstance(raw.get("k"), str):
             raise TokenError("the session's token ticket is malformed")
-        return Record(
-            None if exp is None else float(exp),
-            None if due is None else float(due),
-            None,
-            state,
-            "",
-        )
+        return readable(raw, "ticket")
 
     def _ticket(self, session: MutableMapping[str, Any]) -> tuple[str, bytes]:
         raw = session.get(self.key)
@@ -112,7 +100,10 @@ class TicketTokens:
             raise TokenError("the session's token record is gone (signed out, or expired)")
         body = self._open_text(key, text, secret)
         token = restore(body.get("token"))
-        state = _STATES.get(body.get("st"), TokenState.OK)  # type: ignore[arg-type]
+        try:
+            state = TokenState(body.get("st"))
+        except ValueError:
+            raise TokenError("the session's token record is malformed") from None
         stored = self._record(token, state, text)
         at = body.get("at")
         if isinstance(at, (int, float)) and time.time() - at > self.lifetime / 2:
