@@ -45,6 +45,7 @@ class ConfigKeys:
     SECRET = "TOKENGUARD_SECRET"  # noqa: S105
     SECRET_FALLBACKS = "TOKENGUARD_SECRET_FALLBACKS"  # noqa: S105
     ALLOW_INSECURE_LOOPBACK = "TOKENGUARD_ALLOW_INSECURE_LOOPBACK"
+    TOKEN_STORAGE = "TOKENGUARD_TOKEN_STORAGE"  # noqa: S105
 
 
 K = ConfigKeys
@@ -75,10 +76,12 @@ DEFAULTS: Mapping[str, Any] = {
     K.SECRET: None,
     K.SECRET_FALLBACKS: (),
     K.ALLOW_INSECURE_LOOPBACK: False,
+    K.TOKEN_STORAGE: "store",
 }
 
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 STORE_FALLBACKS = ("closed", "process")
+TOKEN_STORAGES = ("store", "session")
 #: Transient outcomes are remembered for their Retry-After, but never longer than this.
 TRANSIENT_TTL_CAP = 5.0
 #: Hosts to which plain http:// is allowed with TOKENGUARD_ALLOW_INSECURE_LOOPBACK.
@@ -117,6 +120,7 @@ class Settings:
     secret: str | bytes | None = field(repr=False)
     secret_fallbacks: tuple[str | bytes, ...] = field(repr=False)
     allow_insecure_loopback: bool = False
+    token_storage: str = "store"  # noqa: S105 - a storage mode, not a secret
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -185,6 +189,7 @@ class Settings:
             secret=secret,
             secret_fallbacks=tuple(fallbacks),
             allow_insecure_loopback=loopback,
+            token_storage=_choice(config, K.TOKEN_STORAGE, TOKEN_STORAGES),
         )
 
 

@@ -66,6 +66,7 @@ def test_login_with_code_and_pkce(provider: ProviderHandle) -> None:
     assert reply.json() == {
         "sub": "bob",
         "name": "Bob",
+        "email": "bob@example.com",
         "token_fingerprint": fingerprint(token["access_token"]),
     }
     assert provider.stats()["code_exchanges"] == 1
@@ -538,7 +539,7 @@ class _FakeServer:
     def __init__(self, config: Any, **kwargs: Any) -> None:
         self.config = config
         self.url = f"http://{kwargs['host']}:5001"
-        self.made.append(kwargs)
+        self.made.append({**kwargs, "config": config})
 
     def start(self) -> _FakeServer:
         return self
@@ -589,6 +590,26 @@ def test_command_line_exposes_with_the_flag_loudly(
     assert os.environ["AUTHLIB_INSECURE_TRANSPORT"] == "1"
 
 
+def test_command_line_logout_flags(
+    fake_cli: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--backchannel-logout-uri", "http://127.0.0.1:5000/backchannel-logout"]
+    argv += ["--post-logout-redirect-uri", "https://app.example/bye"]
+    argv += ["--post-logout-redirect-uri", "http://127.0.0.1:5000/"]
+    assert cli.main(argv) == 0
+    config = fake_cli[0]["config"]
+    assert config.backchannel_logout_uri == "http://127.0.0.1:5000/backchannel-logout"
+    assert config.post_logout_redirect_uris == ("https://app.example/bye", "http://127.0.0.1:5000/")
+    out = capsys.readouterr().out
+    assert "/.well-known/openid-configuration" in out
+    assert "back-channel logout to: http://127.0.0.1:5000/backchannel-logout" in out
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--backchannel-logout-uri", "https://rp.example/logout"])
+    assert exit_info.value.code == 2
+    assert "loopback" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("peer", ["203.0.113.7", "10.0.0.2", "::ffff:192.0.2.1", "2001:db8::1"])
 def test_admin_api_refuses_non_loopback_peers(peer: str) -> None:
     app = create_provider_app()
@@ -601,6 +622,8 @@ def test_admin_api_refuses_non_loopback_peers(peer: str) -> None:
         ("POST", "/_admin/reset"),
         ("POST", "/_admin/issue"),
         ("POST", "/_admin/revoke"),
+        ("POST", "/_admin/logout"),
+        ("POST", "/_admin/keys/rotate"),
     ]:
         reply = client.open(path, method=method, json={}, environ_overrides=environ)
         assert reply.status_code == 403, (path, reply.text)
@@ -661,7 +684,7 @@ def test_bracketed_ipv6_hosts(host: str, status: int) -> None:
 
 def test_admin_posts_need_a_json_body(provider: ProviderHandle) -> None:
     """What a web page may send to 127.0.0.1 without a CORS preflight is refused."""
-    for path in ("reset", "issue", "faults", "revoke"):
+    for path in ("reset", "issue", "faults", "revoke", "logout", "keys/rotate"):
         for body in ({"data": "x=1"}, {"data": "{}", "headers": {"Content-Type": "text/plain"}}):
             reply = requests.post(f"{provider.url}/_admin/{path}", timeout=5, **body)
             assert reply.status_code == 415, (path, reply.text)

@@ -361,6 +361,7 @@ def test_bodies_carry_a_fixed_message_never_the_store_or_provider_detail(provide
         provider,
         str(tmp_path),
         TOKENGUARD_CACHE_URL="redis://127.0.0.1:1/0",
+        TOKENGUARD_TOKEN_STORAGE="session",  # the token is in hand; only the refresh needs it
     )
     client = app.test_client()
     client.post("/_test/seed", json=provider.issue(expires_in=0))

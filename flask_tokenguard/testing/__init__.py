@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .handle import DEFAULT_REDIRECT_URI, ProviderHandle
     from .provider import (
         FAULTS,
+        ID_TOKEN_FAULTS,
         ProviderConfig,
         ProviderServer,
         ProviderState,
@@ -31,6 +32,7 @@ _WHERE = {
     "DEFAULT_REDIRECT_URI": ".handle",
     "ProviderHandle": ".handle",
     "FAULTS": ".provider",
+    "ID_TOKEN_FAULTS": ".provider",
     "ProviderConfig": ".provider",
     "ProviderServer": ".provider",
     "ProviderState": ".provider",
@@ -43,6 +45,7 @@ _WHERE = {
 __all__ = [
     "DEFAULT_REDIRECT_URI",
     "FAULTS",
+    "ID_TOKEN_FAULTS",
     "ProviderConfig",
     "ProviderHandle",
     "ProviderServer",

@@ -7,6 +7,10 @@ the same for a provider in this process, in another process, or started from the
     token = provider.issue(expires_in=0)          # an already expired access token
     ...                                           # drive the app under test
     assert provider.stats()["max_presentations"] == 1
+
+For OpenID Connect: ``discovery_url``/``metadata()``, ``jwks()``, ``rotate_keys()``,
+``set_faults(id_token_fault="wrong_aud")``, ``logout(sub=..., sid=...)``, ``end_session_url``,
+``revoke_token()`` (RFC 7009), ``introspect()`` (RFC 7662) and ``client_credentials()``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import requests
 
 from ..login import pkce_pair
 from .provider.config import FAULTS, ProviderConfig, fingerprint
+
+#: What :meth:`ProviderHandle.clear_faults` disarms: the counted faults and the ID token one.
+_ALL_FAULTS = (*FAULTS, "id_token_fault")
 
 __all__ = ["DEFAULT_REDIRECT_URI", "ProviderHandle", "with_expires_at"]
 
@@ -71,6 +78,11 @@ class ProviderHandle:
         self.token_url = f"{url}/token"
         self.authorize_url = f"{url}/authorize"
         self.userinfo_url = f"{url}/userinfo"
+        self.revocation_url = f"{url}/revoke"
+        self.introspection_url = f"{url}/introspect"
+        self.end_session_url = f"{url}/end_session"
+        self.jwks_url = f"{url}/jwks"
+        self.discovery_url = f"{url}/.well-known/openid-configuration"
         self.client_id = client_id or config.client_id
         self.client_secret = client_secret or config.client_secret
         self.public_client_id = public_client_id or config.public_client_id
@@ -113,7 +125,7 @@ class ProviderHandle:
         return dict(self._admin("POST", "faults", kwargs))
 
     def clear_faults(self) -> None:
-        self.set_faults(**dict.fromkeys(FAULTS))
+        self.set_faults(**dict.fromkeys(_ALL_FAULTS))
 
     def reset(self, *, drop_tokens: bool = False) -> None:
         """Counters, faults, issued list and settings back to the start (tokens stay valid)."""
@@ -122,6 +134,35 @@ class ProviderHandle:
     def revoke(self, token: str) -> None:
         """Revoke the family of an access or refresh token (a provider-side logout)."""
         self._admin("POST", "revoke", {"token": token})
+
+    def rotate_keys(self, *, keep_old: bool = True) -> dict[str, Any]:
+        """Sign ID tokens with a new key; the old ones stay in the JWKS if ``keep_old``.
+
+        Returns ``{"kid": <the new key's>, "kids": [<every published kid>]}``.
+        """
+        return dict(self._admin("POST", "keys/rotate", {"keep_old": keep_old}))
+
+    def logout(self, *, sub: str | None = None, sid: str | None = None) -> dict[str, Any]:
+        """End sessions at the provider (a sid, every one of a sub, or both must match).
+
+        Their families are revoked and back-channel logout tokens sent. Returns ``{"ended": n,
+        "sids": [...], "delivered": m}``.
+        """
+        return dict(self._admin("POST", "logout", {"sub": sub, "sid": sid}))
+
+    # -- OpenID Connect ---------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, Any]:
+        """The discovery document (``/.well-known/openid-configuration``)."""
+        reply = requests.get(self.discovery_url, timeout=self.timeout)
+        reply.raise_for_status()
+        return dict(reply.json())
+
+    def jwks(self) -> dict[str, Any]:
+        """The published JWK Set (``/jwks``)."""
+        reply = requests.get(self.jwks_url, timeout=self.timeout)
+        reply.raise_for_status()
+        return dict(reply.json())
 
     # -- tokens -----------------------------------------------------------------------------
 
@@ -148,8 +189,12 @@ class ProviderHandle:
         redirect_uri: str = DEFAULT_REDIRECT_URI,
         public: bool = False,
         scope: str | None = None,
+        nonce: str | None = None,
     ) -> dict[str, Any]:
-        """The authorization code flow with PKCE, redirect followed by hand; the token reply."""
+        """The authorization code flow with PKCE, redirect followed by hand; the token reply.
+
+        With ``openid`` in ``scope`` the reply carries an ``id_token`` (with ``nonce``, if given).
+        """
         verifier, challenge = pkce_pair()
         state = secrets.token_urlsafe(16)
         client_id = self.public_client_id if public else self.client_id
@@ -164,6 +209,8 @@ class ProviderHandle:
         }
         if scope:
             params["scope"] = scope
+        if nonce:
+            params["nonce"] = nonce
         reply = requests.get(
             self.authorize_url, params=params, allow_redirects=False, timeout=self.timeout
         )
@@ -200,6 +247,55 @@ class ProviderHandle:
         ``method``: ``client_secret_basic``, ``client_secret_post`` or ``none`` (public client).
         """
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        return self._client_post(self.token_url, form, method, timeout)
+
+    def client_credentials(
+        self,
+        scope: str | None = None,
+        *,
+        method: str = "client_secret_basic",
+        timeout: float | None = None,
+    ) -> requests.Response:
+        """A raw ``client_credentials`` grant request; the response whatever it is."""
+        form = {"grant_type": "client_credentials"}
+        if scope:
+            form["scope"] = scope
+        return self._client_post(self.token_url, form, method, timeout)
+
+    def revoke_token(
+        self,
+        token: str,
+        token_type_hint: str | None = None,
+        *,
+        method: str = "client_secret_basic",
+    ) -> requests.Response:
+        """RFC 7009 revocation at ``/revoke``, authenticated as the client; the raw response."""
+        form = {"token": token}
+        if token_type_hint:
+            form["token_type_hint"] = token_type_hint
+        return self._client_post(self.revocation_url, form, method, None)
+
+    def introspect(
+        self,
+        token: str,
+        token_type_hint: str | None = None,
+        *,
+        method: str = "client_secret_basic",
+    ) -> requests.Response:
+        """RFC 7662 introspection at ``/introspect``, authenticated as the client."""
+        form = {"token": token}
+        if token_type_hint:
+            form["token_type_hint"] = token_type_hint
+        return self._client_post(self.introspection_url, form, method, None)
+
+    def _client_post(
+        self, url: str, form: dict[str, str], method: str, timeout: float | None
+    ) -> requests.Response:
+        """POST ``form`` with client authentication ``method``, on a fresh connection.
+
+        ``method``: ``client_secret_basic``, ``client_secret_post`` or ``none`` (public client).
+        """
+        form = dict(form)
         auth: tuple[str, str] | None = None
         if method == "client_secret_basic":
             auth = (self.client_id, self.client_secret)
@@ -209,7 +305,7 @@ class ProviderHandle:
             form["client_id"] = self.public_client_id
         else:
             raise ValueError(f"unknown client auth method {method!r}")
-        return requests.post(self.token_url, data=form, auth=auth, timeout=timeout or self.timeout)
+        return requests.post(url, data=form, auth=auth, timeout=timeout or self.timeout)
 
     def userinfo(self, access_token: str) -> requests.Response:
         """GET /userinfo with the bearer token (200 JSON, or 401 if expired/revoked/unknown)."""

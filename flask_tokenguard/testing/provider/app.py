@@ -13,14 +13,20 @@ import socket
 from collections.abc import Iterable
 from typing import Any, Final, cast
 
+from authlib.common.urls import add_params_to_uri
 from authlib.integrations.flask_oauth2 import ResourceProtector
 from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Flask, Request, Response, jsonify, request
 
+from .backchannel import announce_logout
 from .config import (
+    CLAIMS_SUPPORTED,
+    CLIENT_CREDENTIALS_GRANT,
     CODE_GRANT,
+    ID_TOKEN_ALG,
     LOOPBACK_HOSTS,
     REFRESH_GRANT,
+    SCOPES_SUPPORTED,
     TOKEN_AUTH_METHODS,
     ProviderConfig,
     fingerprint,
@@ -29,11 +35,16 @@ from .config import (
 from .grants import (
     AuthorizationCodeGrant,
     BearerValidator,
+    ClientCredentialsGrant,
+    IntrospectionEndpoint,
     ProviderAuthorizationServer,
     RefreshTokenGrant,
     RequireS256,
+    RevocationEndpoint,
+    issuer_of,
     silence_authlib_token_logs,
 )
+from .identity import InvalidHintError
 from .models import DemoUser
 from .state import ProviderState
 
@@ -127,6 +138,9 @@ def create_provider_app(
     server = ProviderAuthorizationServer(app, state)
     server.register_grant(AuthorizationCodeGrant, [RequireS256(required=True)])
     server.register_grant(RefreshTokenGrant)
+    server.register_grant(ClientCredentialsGrant)
+    server.register_endpoint(RevocationEndpoint)
+    server.register_endpoint(IntrospectionEndpoint)
     require_oauth = ResourceProtector()
     require_oauth.register_token_validator(BearerValidator(state))
 
@@ -137,39 +151,90 @@ def create_provider_app(
         try:
             grant = server.get_consent_grant(end_user=user)
         except OAuth2Error as error:
-            return cast(Response, server.handle_error_response(None, error))
-        return cast(Response, server.create_authorization_response(grant_user=user, grant=grant))
+            reply = cast(Response, server.handle_error_response(None, error))
+        else:
+            reply = cast(
+                Response, server.create_authorization_response(grant_user=user, grant=grant)
+            )
+        if reply.status_code == 302 and reply.location:
+            # RFC 9207: every authorization response, errors too, names its issuer.
+            reply.location = add_params_to_uri(reply.location, {"iss": issuer_of(state)})
+        return reply
 
     @app.post("/token")
     def token() -> Response:
-        if request.form.get("grant_type") != REFRESH_GRANT:
-            return cast(Response, server.create_token_response())
-        return _refresh(state, server)
+        grant_type = request.form.get("grant_type")
+        if grant_type == REFRESH_GRANT:
+            state.note_refresh_request(request.form.get("refresh_token"))
+            return _with_faults(state, server)
+        if grant_type == CLIENT_CREDENTIALS_GRANT:
+            state.count("client_credentials_requests")
+            return _with_faults(state, server, delay=state.settings.refresh_delay)
+        return cast(Response, server.create_token_response())
+
+    @app.post("/revoke")
+    def revoke() -> Response:
+        return cast(Response, server.create_endpoint_response(RevocationEndpoint.ENDPOINT_NAME))
+
+    @app.post("/introspect")
+    def introspect() -> Response:
+        return cast(Response, server.create_endpoint_response(IntrospectionEndpoint.ENDPOINT_NAME))
 
     @app.get("/userinfo")
     def userinfo() -> Response:
         with require_oauth.acquire() as record:  # 401 for missing/unknown/expired/revoked
             user = record.get_user()
         return jsonify(
-            sub=user.sub, name=user.name, token_fingerprint=fingerprint(record.access_token)
+            sub=user.sub,
+            name=user.name,
+            email=user.email,
+            token_fingerprint=fingerprint(record.access_token),
         )
 
+    @app.get("/jwks")
+    def jwks() -> Response:
+        return jsonify(state.keys.jwks())
+
+    @app.get("/.well-known/openid-configuration")
     @app.get("/.well-known/oauth-authorization-server")
     def metadata() -> Response:
-        base = request.host_url.rstrip("/")
-        return jsonify(
-            issuer=base,
-            authorization_endpoint=f"{base}/authorize",
-            token_endpoint=f"{base}/token",
-            userinfo_endpoint=f"{base}/userinfo",
-            response_types_supported=["code"],
-            grant_types_supported=[CODE_GRANT, REFRESH_GRANT],
-            token_endpoint_auth_methods_supported=TOKEN_AUTH_METHODS,
-            code_challenge_methods_supported=["S256"],
-        )
+        # One document for both: OpenID Connect Discovery 1.0 and RFC 8414.
+        return jsonify(provider_metadata(issuer_of(state)))
+
+    @app.route("/end_session", methods=["GET", "POST"])
+    def end_session() -> Response:
+        return _end_session(state)
 
     app.register_blueprint(_admin_blueprint(state))
     return app
+
+
+def provider_metadata(issuer: str) -> dict[str, Any]:
+    """The discovery document (OpenID Connect Discovery 1.0, RFC 8414, RFC 9207)."""
+    return {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/authorize",
+        "token_endpoint": f"{issuer}/token",
+        "userinfo_endpoint": f"{issuer}/userinfo",
+        "jwks_uri": f"{issuer}/jwks",
+        "revocation_endpoint": f"{issuer}/revoke",
+        "introspection_endpoint": f"{issuer}/introspect",
+        "end_session_endpoint": f"{issuer}/end_session",
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": [CODE_GRANT, REFRESH_GRANT, CLIENT_CREDENTIALS_GRANT],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": [ID_TOKEN_ALG],
+        "token_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
+        "revocation_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
+        "introspection_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": SCOPES_SUPPORTED,
+        "claims_supported": CLAIMS_SUPPORTED,
+        "authorization_response_iss_parameter_supported": True,
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
+    }
 
 
 def served_hosts(extra: Iterable[str] = ()) -> list[str]:
@@ -181,9 +246,14 @@ def served_hosts(extra: Iterable[str] = ()) -> list[str]:
     return hosts
 
 
-def _refresh(state: ProviderState, server: ProviderAuthorizationServer) -> Response:
-    """A refresh grant request with its faults around Authlib's processing."""
-    state.note_refresh_request(request.form.get("refresh_token"))
+def _with_faults(
+    state: ProviderState, server: ProviderAuthorizationServer, *, delay: float = 0.0
+) -> Response:
+    """A refresh or client-credentials request with its faults around Authlib's processing.
+
+    ``delay``: seconds to sleep once past the faults that answer first (the refresh grant takes
+    its ``refresh_delay`` inside the check-and-consume instead).
+    """
     fault = state.take_fault(_BEFORE_CONSUME, after_commit=False)
     if fault == "invalid_client":
         return _json({"error": "invalid_client"}, 401, {"WWW-Authenticate": 'Basic realm="demo"'})
@@ -191,10 +261,11 @@ def _refresh(state: ProviderState, server: ProviderAuthorizationServer) -> Respo
         return _json({"error": "temporarily_unavailable"}, 503, {"Retry-After": "2"})
     if fault == "status":
         return _status_response(state.settings)
+    state.sleep(delay)
     response = cast(Response, server.create_token_response())
     if response.status_code != 200:
         return response
-    # The refresh is committed: the old token is used, the new tokens are stored.
+    # The grant is committed: a refresh token is used, the new tokens are stored.
     if state.take_fault(("hang",), after_commit=True):
         state.sleep(state.settings.hang_seconds)
     fault = state.take_fault(_AFTER_COMMIT, after_commit=True)
@@ -205,6 +276,61 @@ def _refresh(state: ProviderState, server: ProviderAuthorizationServer) -> Respo
     elif fault == "garbage":
         return Response(_GARBAGE_BODY, 200, content_type="text/html; charset=utf-8")
     return response
+
+
+def _end_session(state: ProviderState) -> Response:
+    """RP-initiated logout 1.0: end the session the ID token names, then send the browser back.
+
+    The session is the token family of that sign-in: it is revoked (``offline_access`` or not),
+    and the client hears of it on its back-channel logout URI if it has one. Without an
+    ``id_token_hint`` there is no session to end (this provider keeps no browser session), but
+    the redirect still happens for a known client.
+    """
+    values = request.values
+    issuer = issuer_of(state)
+    hint = values.get("id_token_hint")
+    client_id = values.get("client_id")
+    redirect_uri = values.get("post_logout_redirect_uri")
+    claims: dict[str, Any] | None = None
+    if hint:
+        try:
+            claims = state.keys.verify_hint(hint, issuer)
+        except InvalidHintError as error:
+            return _json({"error": "invalid_request", "error_description": str(error)}, 400)
+        if client_id and client_id != claims["aud"]:
+            return _json(
+                {
+                    "error": "invalid_request",
+                    "error_description": "client_id is not the audience of id_token_hint",
+                },
+                400,
+            )
+        client_id = str(claims["aud"])
+    client = state.clients.get(client_id or "")
+    if redirect_uri and (client is None or not client.check_post_logout_redirect_uri(redirect_uri)):
+        return _json(
+            {
+                "error": "invalid_request",
+                "error_description": "post_logout_redirect_uri is not registered for the client",
+            },
+            400,
+        )
+    state.count("end_sessions")
+    if claims is not None and isinstance(claims.get("sid"), str):
+        ended = state.end_sessions(sid=claims["sid"], sub=str(claims["sub"]))
+        announce_logout(state, ended, issuer)
+    if redirect_uri:
+        params = {"state": values["state"]} if values.get("state") else {}
+        reply = Response(status=302)
+        reply.location = add_params_to_uri(redirect_uri, params) if params else redirect_uri
+        reply.headers["Cache-Control"] = "no-store"
+        return reply
+    return Response(
+        "<!DOCTYPE html>\n<html><head><title>Signed out</title></head>"
+        "<body><h1>You are signed out.</h1></body></html>\n",
+        200,
+        content_type="text/html; charset=utf-8",
+    )
 
 
 def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
@@ -314,8 +440,27 @@ def _admin_blueprint(state: ProviderState) -> Blueprint:
             expires_in=expires_in,
             client_id=data.get("client_id"),
             scope=str(data.get("scope") or ""),
+            issuer=issuer_of(state),
         )
         return _json(token, 200)
+
+    @admin.post("/keys/rotate")
+    def rotate_keys() -> Response:
+        keep_old = body().get("keep_old", True)
+        if not isinstance(keep_old, bool):
+            raise ValueError("keep_old must be a bool")
+        kid = state.keys.rotate(keep_old=keep_old)
+        return jsonify(kid=kid, kids=state.keys.kids())
+
+    @admin.post("/logout")
+    def logout() -> Response:
+        data = body()
+        sid, sub = data.get("sid"), data.get("sub")
+        if not all(value is None or isinstance(value, str) for value in (sid, sub)):
+            raise ValueError("sid and sub must be strings")
+        ended = state.end_sessions(sid=sid, sub=sub)  # ValueError without either
+        delivered = announce_logout(state, ended, issuer_of(state))
+        return jsonify(ended=len(ended), sids=[family.sid for family in ended], delivered=delivered)
 
     @admin.post("/revoke")
     def revoke() -> Response:

@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 
-from .config import ProviderConfig, is_loopback
+from .config import ProviderConfig, check_loopback_uri, is_loopback
 from .server import ProviderServer, exposure_warning
 
 __all__ = ["UNSAFE_FLAG", "main"]
@@ -36,6 +36,20 @@ def _parser(defaults: ProviderConfig) -> argparse.ArgumentParser:
         action="append",
         dest="redirect_uris",
         help="registered redirect URI (repeatable); loopback URIs are accepted anyway",
+    )
+    parser.add_argument(
+        "--post-logout-redirect-uri",
+        action="append",
+        dest="post_logout_redirect_uris",
+        default=[],
+        help="where /end_session may send the browser back to (repeatable); loopback URIs "
+        "are accepted anyway",
+    )
+    parser.add_argument(
+        "--backchannel-logout-uri",
+        default=None,
+        help="the clients' back-channel logout URI (a loopback http URL): it receives a logout "
+        "token when a session ends at the provider",
     )
     parser.add_argument("--refresh-delay", type=float, default=defaults.refresh_delay)
     parser.add_argument("--reuse-grace", type=float, default=defaults.reuse_grace)
@@ -71,11 +85,17 @@ def main(argv: list[str] | None = None) -> int:
             f"refusing --host {args.host}: not a loopback address. The demo provider approves "
             f"anyone and publishes its client secret; add {UNSAFE_FLAG} to expose it anyway."
         )
+    try:
+        check_loopback_uri(args.backchannel_logout_uri, "--backchannel-logout-uri")
+    except ValueError as error:
+        parser.error(str(error))
     config = ProviderConfig(
         client_id=args.client_id,
         client_secret=args.client_secret,
         public_client_id=args.public_client_id,
         redirect_uris=tuple(args.redirect_uris or defaults.redirect_uris),
+        post_logout_redirect_uris=tuple(args.post_logout_redirect_uris),
+        backchannel_logout_uri=args.backchannel_logout_uri,
         access_ttl=args.access_ttl,
         rotate=not args.no_rotate,
         reuse_grace=args.reuse_grace,
@@ -105,10 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"demo OAuth provider on {url}\n"
         f"  authorize: {url}/authorize   token: {url}/token   userinfo: {url}/userinfo\n"
-        f"  admin:     {url}/_admin/stats  (faults, reset, issue, issued, revoke; loopback only)\n"
+        f"  OpenID:    {url}/.well-known/openid-configuration   jwks: {url}/jwks\n"
+        f"             revoke: {url}/revoke   introspect: {url}/introspect\n"
+        f"             end_session: {url}/end_session\n"
+        f"  admin:     {url}/_admin/stats  (faults, reset, issue, issued, revoke, logout,\n"
+        f"             keys/rotate; loopback only)\n"
         f"  confidential client: {config.client_id} / {config.client_secret}\n"
         f"  public client:       {config.public_client_id} (PKCE S256 always required)\n"
-        f"  access tokens live {config.access_ttl} s; refresh tokens rotate: {config.rotate}",
+        f"  access tokens live {config.access_ttl} s; refresh tokens rotate: {config.rotate}\n"
+        f"  back-channel logout to: {config.backchannel_logout_uri or '(none)'}",
         flush=True,
     )
     try:

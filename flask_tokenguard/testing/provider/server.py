@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 from collections.abc import Iterable
@@ -44,6 +45,25 @@ class _QuietRequestHandler(WSGIRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
+
+
+_ID_TOKEN_HINT = re.compile(r"(id_token_hint=)[^&\s]+")
+
+
+class _AccessLogHandler(WSGIRequestHandler):
+    """werkzeug's access log, with the ``id_token_hint`` of ``/end_session`` left out."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        line, path = self.requestline, getattr(self, "path", None)
+        self.requestline = _ID_TOKEN_HINT.sub(r"\1[redacted]", line)
+        if path is not None:
+            self.path = _ID_TOKEN_HINT.sub(r"\1[redacted]", path)
+        try:
+            super().log_request(code, size)
+        finally:
+            self.requestline = line
+            if path is not None:
+                self.path = path
 
 
 class ProviderServer:
@@ -100,11 +120,13 @@ class ProviderServer:
     def start(self) -> ProviderServer:
         if self._server is not None:
             raise RuntimeError("the provider server is already running")
-        handler = _QuietRequestHandler if self._quiet else None
+        handler = _QuietRequestHandler if self._quiet else _AccessLogHandler
         server = make_server(
             self.host, self._port, self.app, threaded=True, request_handler=handler
         )
         self._server = server
+        if self.config.issuer is None:
+            self.state.issuer = self.url  # the ID tokens' iss: the base URL, whatever the Host
         self._thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.05},
