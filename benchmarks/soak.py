@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,12 +34,10 @@ import requests
 from flask_tokenguard.demo_provider import ProviderConfig, ProviderServer
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as ``python benchmarks/<script>.py`` from anywhere
+    sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.fixtures.servers import free_port  # noqa: E402 - the tests' helper, one copy
 
 
 def start_gunicorn(env: dict[str, str], workers: int, threads: int, log: Path) -> tuple[Any, str]:

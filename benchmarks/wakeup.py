@@ -47,6 +47,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from flask_tokenguard.records import RecordCodec
@@ -54,6 +55,12 @@ from flask_tokenguard.sealing import Sealer
 from flask_tokenguard.singleflight import SingleFlight
 from flask_tokenguard.stores.base import Store
 from flask_tokenguard.token import accept, restore
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as ``python benchmarks/<script>.py`` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from tests.fixtures.servers import free_port  # noqa: E402 - the tests' helper, one copy
 
 SECRET = "benchmark-secret"
 #: The coordinator waits in slices of this many seconds (``Coordinator._await``).
@@ -313,12 +320,6 @@ def measure_shared(
 
 
 # -- services ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def redis_location() -> tuple[str | None, str]:

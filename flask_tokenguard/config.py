@@ -45,6 +45,7 @@ class ConfigKeys:
     SECRET = "TOKENGUARD_SECRET"  # noqa: S105
     SECRET_FALLBACKS = "TOKENGUARD_SECRET_FALLBACKS"  # noqa: S105
     ALLOW_INSECURE_LOOPBACK = "TOKENGUARD_ALLOW_INSECURE_LOOPBACK"
+    TOKEN_STORAGE = "TOKENGUARD_TOKEN_STORAGE"  # noqa: S105
     GRANT_STORE_URL = "TOKENGUARD_GRANT_STORE_URL"
 
 
@@ -76,11 +77,13 @@ DEFAULTS: Mapping[str, Any] = {
     K.SECRET: None,
     K.SECRET_FALLBACKS: (),
     K.ALLOW_INSECURE_LOOPBACK: False,
+    K.TOKEN_STORAGE: "store",
     K.GRANT_STORE_URL: None,
 }
 
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 STORE_FALLBACKS = ("closed", "process")
+TOKEN_STORAGES = ("store", "session")
 #: Transient outcomes are remembered for their Retry-After, but never longer than this.
 TRANSIENT_TTL_CAP = 5.0
 #: Hosts to which plain http:// is allowed with TOKENGUARD_ALLOW_INSECURE_LOOPBACK.
@@ -119,6 +122,7 @@ class Settings:
     secret: str | bytes | None = field(repr=False)
     secret_fallbacks: tuple[str | bytes, ...] = field(repr=False)
     allow_insecure_loopback: bool = False
+    token_storage: str = "store"  # noqa: S105 - a storage mode, not a secret
     #: an SQLAlchemy URL, an Engine, or a callable returning one (may hold a password)
     grant_store_url: Any = field(default=None, repr=False)
 
@@ -189,6 +193,7 @@ class Settings:
             secret=secret,
             secret_fallbacks=tuple(fallbacks),
             allow_insecure_loopback=loopback,
+            token_storage=_choice(config, K.TOKEN_STORAGE, TOKEN_STORAGES),
             grant_store_url=_grant_store(config),
         )
 

@@ -6,29 +6,16 @@ The provider lives in :mod:`flask_tokenguard.testing.provider` (needs the ``demo
 
 from __future__ import annotations
 
-from .testing.provider import (
-    FAULTS,
-    ProviderConfig,
-    ProviderServer,
-    ProviderState,
-    UnsafeHostError,
-    create_provider_app,
-    fingerprint,
-    get_provider_state,
-    main,
-)
+from typing import Any
 
-__all__ = [
-    "FAULTS",
-    "ProviderConfig",
-    "ProviderServer",
-    "ProviderState",
-    "UnsafeHostError",
-    "create_provider_app",
-    "fingerprint",
-    "get_provider_state",
-    "main",
-]
+from .testing import provider as _provider
+
+__all__ = _provider.__all__
+
+
+def __getattr__(name: str) -> Any:
+    return getattr(_provider, name)
+
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_provider.main())

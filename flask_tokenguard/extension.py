@@ -55,12 +55,13 @@ from .login import LoginFlow
 from .logs import install_redaction
 from .provider import ClientCredentials, RefreshClient
 from .records import RecordCodec
-from .rules import Decision, RequestState, TokenRules, Verdict
+from .rules import Decision, RequestState, TokenHolder, TokenRules, Verdict
 from .sealing import Sealer
 from .session import SessionTokens
 from .signals import token_refresh_failed, token_refreshed
 from .stores.base import Store
 from .stores.uri import store_from_uri
+from .tickets import TicketTokens
 from .token import Token
 
 if TYPE_CHECKING:
@@ -135,9 +136,20 @@ class TokenGuard:
         )
         codec = RecordCodec(Sealer(secrets, "store"))
         coordinator = Coordinator(client, store, keys, codec, Policy.from_settings(settings))
-        tokens = SessionTokens(
-            settings.session_key, Sealer(secrets, "session"), keys, settings.leeway
-        )
+        tokens: TokenHolder
+        if settings.token_storage == "store":  # noqa: S105 - a storage mode
+            tokens = TicketTokens(
+                settings.session_key,
+                store,
+                keys,
+                secrets,
+                settings.leeway,
+                lifetime=app.permanent_session_lifetime.total_seconds(),
+            )
+        else:
+            tokens = SessionTokens(
+                settings.session_key, Sealer(secrets, "session"), keys, settings.leeway
+            )
         state = app.extensions[EXTENSION_KEY] = _AppState(
             guard=self,
             settings=settings,
@@ -412,13 +424,22 @@ class TokenGuard:
         token = self._state().login.complete(session, request.args)
         return self.login(token)
 
-    def login(self, token: Token) -> Token:
+    def login(self, token: Token, subject: str | None = None) -> Token:
         """Sign the session in with ``token`` (after a code exchange of your own, say).
 
         The token is checked and normalised like every token that enters (``expires_in`` is
         counted from now); raises :class:`~flask_tokenguard.errors.TokenError` if unusable.
+        ``subject`` (the user's id) lets :meth:`logout_all` end this session later.
         """
-        return self._state().rules.login(session, self._request_state(), token)
+        return self._state().rules.login(session, self._request_state(), token, subject)
+
+    def logout_all(self, subject: str) -> int:
+        """End every session of ``subject``, on every device; how many there were.
+
+        Their records are deleted from the shared store, so each of those sessions gets the
+        unauthorized answer at its next protected request (needs token storage ``"store"``).
+        """
+        return self._state().rules.logout_all(subject)
 
     def logout(self) -> None:
         """Remove the token; a refresh still in flight elsewhere will not bring it back."""

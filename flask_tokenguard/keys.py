@@ -54,3 +54,11 @@ class KeyNames:
     def fingerprint(self, refresh_token: str) -> str:
         """A short, stable, non-secret label for logs and for the session's lost-update guard."""
         return digest("fingerprint", self.client_id, refresh_token)[:16]
+
+    def ticket(self, ticket_id: str) -> str:
+        """Where a session's token record lives when tokens are kept in the store."""
+        return f"{self.prefix}:ticket:{digest('ticket', self.client_id, ticket_id)}"
+
+    def subject(self, subject: str) -> str:
+        """The index of a subject's token records (for signing out everywhere)."""
+        return f"{self.prefix}:subject:{digest('subject', self.client_id, subject)}"

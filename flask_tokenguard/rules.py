@@ -17,6 +17,7 @@ from typing import Any
 from .coordinator import Coordinator, OutcomeCallback
 from .deadline import Deadline
 from .errors import (
+    ConfigurationError,
     InvalidGrant,
     OutcomeUnknown,
     ProviderError,
@@ -25,12 +26,15 @@ from .errors import (
     TokenError,
     TokenGuardError,
 )
-from .session import Record, SessionTokens
+from .session import Record, RecordConflict, SessionTokens
+from .tickets import TicketTokens
 from .token import Token, TokenState, accept, is_due, is_expired
 
 log = logging.getLogger("flask_tokenguard")
 
 Session = MutableMapping[str, Any]
+#: Where a session's token lives: in the session itself, or in the store behind a ticket.
+TokenHolder = SessionTokens | TicketTokens
 
 
 @dataclass(slots=True)
@@ -67,7 +71,7 @@ SERVE = Verdict(Decision.SERVE)
 class TokenRules:
     """The decisions of one app: refresh when due, heal stale sessions, judge the request."""
 
-    def __init__(self, tokens: SessionTokens, coordinator: Coordinator, wait_timeout: float):
+    def __init__(self, tokens: TokenHolder, coordinator: Coordinator, wait_timeout: float):
         self.tokens = tokens
         self.coordinator = coordinator
         self.wait_timeout = wait_timeout
@@ -101,8 +105,10 @@ class TokenRules:
         if record.state is TokenState.AMBIGUOUS:
             return state  # never presented again; the access token serves until expiry
         token = self.open(session, state)
-        if token is None:
+        if token is None or state.record is None:
             return state
+        if state.record.state is TokenState.AMBIGUOUS or not (force or is_due(state.record.due)):
+            return state  # the record was brought up to date by another request of the session
         refresh_token = state.initial_refresh_token = token.get("refresh_token")
         if not refresh_token:
             return state  # nothing to refresh with; the verdict decides
@@ -130,12 +136,18 @@ class TokenRules:
         return state
 
     def open(self, session: Session, state: RequestState) -> Token | None:
-        """The request's token, opened once; a blob that does not open is dropped."""
+        """The request's token, opened once; a record that does not open is dropped.
+
+        A store that fails while the token is read leaves it in place, with ``state.error``.
+        """
         if state.token is None and state.record is not None:
             try:
-                state.token = self.tokens.open(session, state.record)
+                state.token, state.record = self.tokens.open(session, state.record)
             except TokenError as exc:
                 self._drop(session, state, exc)
+            except StoreError as exc:
+                log.warning("the token could not be read (%s)", exc)
+                state.error = exc
         return state.token
 
     def verdict(self, session: Session, state: RequestState) -> Verdict:
@@ -144,8 +156,11 @@ class TokenRules:
         error = state.error
         if record is None:
             return Verdict(Decision.UNAUTHORIZED, error)
-        if self.open(session, state) is None:  # a blob that does not open is no token
+        if self.open(session, state) is None:  # a record that does not open is no token
+            if isinstance(state.error, StoreError):
+                return Verdict(Decision.UNAVAILABLE, state.error)
             return Verdict(Decision.UNAUTHORIZED, state.error)
+        record = state.record or record
         expired = is_expired(record.exp)
         if record.state is TokenState.AMBIGUOUS:
             if expired:
@@ -181,10 +196,17 @@ class TokenRules:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def login(self, session: Session, state: RequestState, reply: Any) -> Token:
-        """Make ``reply`` (a token from a sign-in) the session's token; raises TokenError."""
+    def login(
+        self, session: Session, state: RequestState, reply: Any, subject: str | None = None
+    ) -> Token:
+        """Make ``reply`` (a token from a sign-in) the session's token; raises TokenError.
+
+        ``subject`` (the user's id at the provider) lets ``logout_all`` find the session.
+        """
         token = accept(reply)
-        self._keep(session, state, token)
+        self.tokens.clear(session)  # a new sign-in starts a new record
+        state.record = self.tokens.save(session, token, subject=subject)
+        state.token = token
         state.error = None
         state.checked = True
         state.initial_refresh_token = token.get("refresh_token")
@@ -203,17 +225,23 @@ class TokenRules:
         for refresh_token in {state.initial_refresh_token, current}:
             if refresh_token:
                 self.coordinator.revoke(refresh_token)
-        self.tokens.clear(session)
+        try:
+            self.tokens.clear(session)
+        except StoreError as exc:
+            log.warning("the token record could not be deleted (%s); it expires on its own", exc)
         state.record = state.token = state.initial_refresh_token = None
         state.checked = True
 
-    @staticmethod
-    def needs_guard(state: RequestState) -> bool:
-        """Whether :meth:`guard` must run for this response: only a token inside its refresh
-        window (now: a slow request may have started before it) can have been refreshed by
-        someone else, and a token this request refreshed may meet a logout."""
+    def needs_guard(self, state: RequestState) -> bool:
+        """Whether :meth:`guard` must run for this response: only where the session carries
+        the token, and only for a token inside its refresh window (now: a slow request may
+        have started before it) or one this request refreshed (it may meet a logout)."""
         record = state.record
-        return record is not None and (state.refreshed or is_due(record.due))
+        return (
+            self.tokens.guards_lost_updates
+            and record is not None
+            and (state.refreshed or is_due(record.due))
+        )
 
     def guard(self, session: Session, state: RequestState) -> None:
         """The lost-update guard, run before the response goes out.
@@ -243,7 +271,7 @@ class TokenRules:
             return
         newest = self.coordinator.newest(current)
         if newest is not None and newest.get("refresh_token") != current:
-            self.tokens.save(session, newest)
+            self.tokens.save(session, newest, previous=state.record)
 
     def _keep(
         self,
@@ -252,12 +280,33 @@ class TokenRules:
         token: Token,
         mark: TokenState = TokenState.OK,
     ) -> None:
-        state.record = self.tokens.save(session, token, state=mark)
-        state.token = token
+        try:
+            state.record = self.tokens.save(session, token, state=mark, previous=state.record)
+            state.token = token
+        except RecordConflict:
+            # Another request of this session wrote first: what it wrote is the newest.
+            state.token = None
+            state.record = self.tokens.peek(session)
+            self.open(session, state)
+        except StoreError as exc:
+            log.warning("the refreshed token could not be stored (%s)", exc)
+            state.error = exc
+
+    def logout_all(self, subject: str) -> int:
+        """End every session of ``subject``; how many there were (store storage only)."""
+        if not isinstance(self.tokens, TicketTokens):
+            raise ConfigurationError(
+                "signing out everywhere needs TOKENGUARD_TOKEN_STORAGE = 'store': with 'session'"
+                " the tokens travel in the sessions themselves"
+            )
+        return self.tokens.logout_all(subject)
 
     def _drop(self, session: Session, state: RequestState, error: TokenGuardError) -> None:
         if isinstance(error, TokenError):
             log.warning("discarding the session's token: %s", error)
-        self.tokens.clear(session)
+        try:
+            self.tokens.clear(session)
+        except StoreError as exc:
+            log.warning("the token record could not be deleted (%s); it expires on its own", exc)
         state.error = error
         state.record = state.token = None

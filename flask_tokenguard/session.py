@@ -26,8 +26,16 @@ FORMAT = 2
 _STATES = {state.value: state for state in TokenState}
 
 
+class RecordConflict(TokenError):
+    """The record changed since this request read it; read it again and take what is there."""
+
+
 class Record(NamedTuple):
-    """The session's view of a token, before opening it (a tuple: cheap on the fast path)."""
+    """The session's view of a token, before opening it (a tuple: cheap on the fast path).
+
+    ``box`` is what the holder needs to open it: the sealed token for :class:`SessionTokens`,
+    the text last read from the store for the ticket holder (empty before it was read).
+    """
 
     #: when the access token expires (epoch seconds), None when the provider gave no expiry
     exp: float | None
@@ -39,7 +47,11 @@ class Record(NamedTuple):
 
 
 class SessionTokens:
-    """Reads and writes the token record in a session mapping."""
+    """Reads and writes the token record in a session mapping (``TOKENGUARD_TOKEN_STORAGE =
+    "session"``): the whole token travels with the session."""
+
+    #: a stale copy of the session can carry an old token back: the lost-update guard runs
+    guards_lost_updates = True
 
     def __init__(self, key: str, sealer: Sealer, keys: KeyNames, leeway: float) -> None:
         self.key = key
@@ -50,24 +62,15 @@ class SessionTokens:
 
     def peek(self, session: MutableMapping[str, Any]) -> Record | None:
         """The record, unopened; None when there is none. Raises TokenError if malformed."""
-        raw = session.get(self.key)
+        raw = read_entry(session, self.key, FORMAT, "record")
         if raw is None:
             return None
-        if not isinstance(raw, dict) or raw.get("v") != FORMAT:
+        fp, box = raw.get("fp"), raw.get("box")
+        if (fp is not None and not isinstance(fp, str)) or not isinstance(box, str):
             raise TokenError("the session's token record is malformed")
-        exp, due, fp, box = raw.get("exp"), raw.get("due"), raw.get("fp"), raw.get("box")
-        state = _STATES.get(raw.get("st"))  # type: ignore[arg-type]
-        if not (_time(exp) and _time(due)):
-            raise TokenError("the session's token record has a bad expiry")
-        if fp is not None and not isinstance(fp, str):
-            raise TokenError("the session's token record has a bad fingerprint")
-        if state is None or not isinstance(box, str):
-            raise TokenError("the session's token record is malformed")
-        return Record(
-            None if exp is None else float(exp), None if due is None else float(due), fp, state, box
-        )
+        return readable(raw, "record")._replace(fingerprint=fp, box=box)
 
-    def open(self, session: MutableMapping[str, Any], record: Record) -> Token:
+    def open(self, session: MutableMapping[str, Any], record: Record) -> tuple[Token, Record]:
         """The token in ``record``; re-sealed under the current key if a fallback opened it."""
         try:
             data, current = self.sealer.open(record.box, self._aad(session, record))
@@ -75,11 +78,16 @@ class SessionTokens:
         except (SealError, ValueError, RecursionError) as exc:
             raise TokenError(f"the session's token does not open: {exc}") from None
         if not current:
-            self.save(session, token, state=record.state)
-        return token
+            record = self.save(session, token, state=record.state)
+        return token, record
 
     def save(
-        self, session: MutableMapping[str, Any], token: Token, state: TokenState = TokenState.OK
+        self,
+        session: MutableMapping[str, Any],
+        token: Token,
+        state: TokenState = TokenState.OK,
+        previous: Record | None = None,
+        subject: str | None = None,
     ) -> Record:
         refresh = token.get("refresh_token")
         sid = session.get(self.sid_key)
@@ -103,13 +111,13 @@ class SessionTokens:
             "st": state.value,
             "box": box,
         }
-        _modified(session)
+        mark_modified(session)
         return record._replace(box=box)
 
     def clear(self, session: MutableMapping[str, Any]) -> None:
         if self.key in session:
             del session[self.key]
-            _modified(session)
+            mark_modified(session)
 
     def _aad(self, session: MutableMapping[str, Any], record: Record) -> bytes:
         sid = session.get(self.sid_key)
@@ -120,12 +128,36 @@ class SessionTokens:
         ).encode()
 
 
-def _time(value: Any) -> bool:
+def read_entry(
+    session: MutableMapping[str, Any], key: str, version: int, what: str
+) -> dict[str, Any] | None:
+    """The extension's entry in the session, None if absent; TokenError if not ours."""
+    raw = session.get(key)
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or raw.get("v") != version:
+        raise TokenError(f"the session's token {what} is malformed")
+    return raw
+
+
+def readable(raw: dict[str, Any], what: str) -> Record:
+    """The readable part of a session entry (expiry, refresh time, state); TokenError if bad."""
+    exp, due = raw.get("exp"), raw.get("due")
+    state = _STATES.get(raw.get("st"))  # type: ignore[arg-type]
+    if not (is_time(exp) and is_time(due)) or state is None:
+        raise TokenError(f"the session's token {what} is malformed")
+    return Record(
+        None if exp is None else float(exp), None if due is None else float(due), None, state, ""
+    )
+
+
+def is_time(value: Any) -> bool:
+    """None or a finite number of seconds (not a bool)."""
     if value is None:
         return True
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _modified(session: MutableMapping[str, Any]) -> None:
+def mark_modified(session: MutableMapping[str, Any]) -> None:
     if hasattr(session, "modified"):
         session.modified = True

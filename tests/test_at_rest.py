@@ -1,6 +1,8 @@
-"""Issue 6: tokens are never in clear at rest, and nothing at rest is loaded with pickle.
+"""Tokens are never in clear at rest, and nothing at rest is loaded with pickle.
 
-The session holds ``{"v", "exp", "fp", "st", "box"}`` with the token sealed in ``box``
+docs/design.md, "Sealing and key names".
+
+The session holds ``{"v", "exp", "due", "fp", "st", "box"}`` with the token sealed in ``box``
 (AES-GCM, bound to the readable fields and to the session's ``<key>_sid``); the shared store
 holds records sealed with their key name as associated data. These tests look at what really
 lands in Redis, in files and in the browser's cookie, rotate the secrets, tamper with every
@@ -39,8 +41,22 @@ from flask_tokenguard.sealing import Sealer
 from flask_tokenguard.session import SessionTokens
 from flask_tokenguard.stores.files import FileStore
 
-from .fixtures.apps import burst, make_app, new_client
+from .fixtures import apps
+from .fixtures.apps import burst, new_client
 from .fixtures.servers import serve
+
+SESSION_STORAGE = {"TOKENGUARD_TOKEN_STORAGE": "session"}
+
+
+def make_app(provider: Any, instance_path: str, **config: Any) -> Flask:
+    """These tests look inside the session's record: tokens travel in the session."""
+    return apps.make_app(provider, instance_path, **{**SESSION_STORAGE, **config})
+
+
+@pytest.fixture
+def guarded(guarded: Callable[..., str]) -> Callable[..., str]:
+    return lambda *args, **config: guarded(*args, **{**SESSION_STORAGE, **config})
+
 
 SESSION_KEY = "_tokenguard"
 SESSION_KINDS = ("cookie", "redis", "files")

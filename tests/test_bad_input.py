@@ -1,4 +1,7 @@
-"""Bad input gets a clear error and loses nothing; no secret ever reaches a log."""
+"""Bad input gets a clear error and loses nothing; no secret ever reaches a log.
+
+docs/design.md, "Outcome classes" (classification) and "Sealing and key names" (logs).
+"""
 
 from __future__ import annotations
 
@@ -180,9 +183,7 @@ def test_peek_reads_the_status_without_refreshing(provider, tmp_path):
 
 
 def test_the_expiry_counts_from_when_the_request_was_sent():
-    token = accept(
-        {"access_token": "a", "expires_in": 60, "expires_at": 999.6}, received_at=900.2
-    )
+    token = accept({"access_token": "a", "expires_in": 60, "expires_at": 999.6}, received_at=900.2)
     assert token["expires_at"] == 960.2
 
 

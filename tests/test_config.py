@@ -1,4 +1,7 @@
-"""Configuration: defaults, checks at init_app, coercion of values from the environment."""
+"""Configuration: defaults, checks at init_app, coercion of values from the environment.
+
+The timing checks are those of docs/design.md, "Failure ways" (6. Leader death).
+"""
 
 from __future__ import annotations
 

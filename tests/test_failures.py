@@ -1,4 +1,6 @@
-"""Ways 5 and 7 of PROBLEM.md: every failure class fans out to every waiting request.
+"""Every failure class fans out to every waiting request.
+
+docs/design.md, "Failure ways" (5. Ambiguous failure, 7. Error fan-out) and "Outcome classes".
 
 Each test bursts one user's requests at the real provider with a fault armed, and checks
 what every request got, what the session keeps, and how often the token was presented.
@@ -122,7 +124,7 @@ def test_a_hanging_provider_ends_every_request_within_the_bound(provider, guarde
     result = burst(http, f"{base}/api/profile", N)
     elapsed = time.monotonic() - started
 
-    assert elapsed < FAST["TOKENGUARD_WAIT_TIMEOUT"] + 1.5
+    assert elapsed < FAST["TOKENGUARD_WAIT_TIMEOUT"] + 4  # the wait bound, not the 30 s hang
     assert result.statuses == [401] * N  # ambiguous and expired
     assert provider.presentations(token["refresh_token"]) == 1
     stale = new_client(base, token)

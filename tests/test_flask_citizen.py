@@ -4,11 +4,14 @@ Requests that have nothing to do with tokens are untouched (no ``Vary: Cookie``,
 ``Set-Cookie``, no session store round trip the app did not cause), blueprints can be exempt,
 the handlers are replaceable, async views work, and configuration mistakes are caught at
 ``init_app`` with errors that name the key and leak nothing.
+
+docs/design.md, "The per-request rules".
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -359,6 +362,7 @@ def test_bodies_carry_a_fixed_message_never_the_store_or_provider_detail(provide
         provider,
         str(tmp_path),
         TOKENGUARD_CACHE_URL="redis://127.0.0.1:1/0",
+        TOKENGUARD_TOKEN_STORAGE="session",  # the token is in hand; only the refresh needs it
     )
     client = app.test_client()
     client.post("/_test/seed", json=provider.issue(expires_in=0))
@@ -380,3 +384,32 @@ def test_bodies_carry_a_fixed_message_never_the_store_or_provider_detail(provide
         "outcome": "definitive",
         "message": "sign-in required",
     }
+
+
+def test_a_hand_rolled_code_exchange_is_normalised_and_refreshed_when_due(provider, tmp_path):
+    """A plain RFC 6749 reply (``expires_in``, no ``expires_at``) gets one fixed expiry."""
+    provider.set_faults(access_ttl=2)
+    reply = provider.login()  # the code flow done by hand, as an app of its own would
+    reply.pop("expires_at", None)
+    assert reply["expires_in"] == 2
+    app = make_app(provider, str(tmp_path))
+    guard = app.extensions["tokenguard_guard"]
+    client = app.test_client()
+    before = time.time()
+    client.post("/_test/seed", json=reply)
+    with client.session_transaction() as session:
+        record = guard_record(app, session)
+    assert before + 2 <= record.exp <= time.time() + 2
+    assert record.due == pytest.approx(record.exp - 1, abs=0.01)  # half of its 2 s
+    first = client.get("/_test/token").json
+    time.sleep(0.2)
+    assert client.get("/_test/token").json == first  # the expiry does not slide
+    assert provider.stats()["refreshes"] == 0
+    time.sleep(1.0)  # now due
+    assert client.get("/api/profile").status_code == 200
+    assert provider.stats()["refreshes"] == 1
+    assert guard is not None
+
+
+def guard_record(app: Flask, session: Any) -> Any:
+    return app.extensions["tokenguard"].rules.tokens.peek(session)

@@ -1,5 +1,7 @@
 """Properties over many inputs (hypothesis): classification, token checks, sealing.
 
+docs/design.md, "Outcome classes" and "Sealing and key names".
+
 A bounded profile runs in CI (``HYPOTHESIS_PROFILE=ci``, registered in conftest.py).
 """
 

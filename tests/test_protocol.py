@@ -1,5 +1,8 @@
-"""Ways 3, 4 and 7 of PROBLEM.md across requests: late arrivals, stale sessions, lost
-updates, logouts, several users, store outages and restarts, the provider's grace window.
+"""The protocol across requests: late arrivals, stale sessions, lost updates, logouts, several
+users, store outages and restarts, the provider's grace window.
+
+docs/design.md, "Failure ways" (3. Late arrival, 4. Lost update of the session, 7. Error
+fan-out), "The protocol" and "The per-request rules".
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import redis
 
 from flask_tokenguard.keys import KeyNames
 
-from .fixtures.apps import burst, clone_cookies, new_client
+from .fixtures.apps import burst, clone_cookies, new_client, wait_for_refresh_requests
 
 
 def token_of(http, base):
@@ -46,6 +49,7 @@ def test_a_slow_read_only_request_does_not_restore_a_dead_refresh_token(
     provider, guarded, redis_url, redis_prefix
 ):
     base = guarded(
+        TOKENGUARD_TOKEN_STORAGE="session",  # the session carries the token written back
         TOKENGUARD_LEEWAY=2,
         TOKENGUARD_CACHE_URL=redis_url,
         TOKENGUARD_KEY_PREFIX=redis_prefix + "tg",
@@ -84,7 +88,7 @@ def test_a_logout_during_a_refresh_stays_a_logout(provider, guarded):
 
     refreshing = threading.Thread(target=protected)
     refreshing.start()
-    time.sleep(0.5)
+    wait_for_refresh_requests(provider)  # the refresh is at the provider
     logout = http.get(f"{base}/logout", timeout=5)
     assert logout.status_code == 200
     refreshing.join()
@@ -118,7 +122,10 @@ def test_several_users_refreshing_at_once_never_share(provider, guarded):
 
 
 def test_store_outage_fails_closed_and_recovers(provider, guarded, private_redis):
-    base = guarded(TOKENGUARD_CACHE_URL=private_redis.url)
+    base = guarded(
+        TOKENGUARD_TOKEN_STORAGE="session",  # the token outlives the store's state
+        TOKENGUARD_CACHE_URL=private_redis.url,
+    )
     fresh = new_client(base, provider.issue(expires_in=3600))
     expired = new_client(base, provider.issue(expires_in=0))
     private_redis.stop()
@@ -128,7 +135,7 @@ def test_store_outage_fails_closed_and_recovers(provider, guarded, private_redis
     reply = expired.get(f"{base}/api/profile", timeout=10)
     assert reply.status_code == 503
     assert reply.headers["Retry-After"]
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 6  # fails fast: well inside the 8 s wait bound
     assert provider.stats()["refresh_requests"] == 0
 
     private_redis.start()
@@ -141,7 +148,11 @@ def test_store_outage_falls_back_to_this_process_when_asked(
 ):
     caplog.set_level(logging.WARNING, logger="flask_tokenguard")
     provider.set_faults(refresh_delay=0.3)
-    base = guarded(TOKENGUARD_CACHE_URL=private_redis.url, TOKENGUARD_STORE_FALLBACK="process")
+    base = guarded(
+        TOKENGUARD_TOKEN_STORAGE="session",  # the token outlives the store's state
+        TOKENGUARD_CACHE_URL=private_redis.url,
+        TOKENGUARD_STORE_FALLBACK="process",
+    )
     http = new_client(base, provider.issue(expires_in=0))
     private_redis.stop()
 
@@ -165,7 +176,11 @@ def test_after_a_redis_restart_claims_count_as_held_for_one_claim_ttl(
         "TOKENGUARD_CLAIM_TTL": 2,
         "TOKENGUARD_WAIT_TIMEOUT": 6,
     }
-    base = guarded(TOKENGUARD_CACHE_URL=private_redis.url, **timings)
+    base = guarded(
+        TOKENGUARD_TOKEN_STORAGE="session",  # the token outlives the store's state
+        TOKENGUARD_CACHE_URL=private_redis.url,
+        **timings,
+    )
     warm = new_client(base, provider.issue(expires_in=0))
     assert warm.get(f"{base}/api/profile", timeout=10).status_code == 200  # learns the run_id
     private_redis.restart()

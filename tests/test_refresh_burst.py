@@ -1,4 +1,6 @@
-"""Way 1 of PROBLEM.md: a burst of one user's requests in one process refreshes exactly once.
+"""A burst of one user's requests in one process refreshes exactly once.
+
+docs/design.md, "Failure ways" (1. Duplicate refresh inside one process).
 
 Real parts only: the strict provider over HTTP, the app on werkzeug's threaded server,
 HTTP clients sharing one session cookie (the Flask test client cannot run requests in

@@ -3,6 +3,8 @@
 A tiny app and Flask's test client: sessions round-trip in files (JSON) and in Redis
 (msgpack); a pickle with a side effect written into either store is never loaded, and the
 request that presents it gets a new, empty session.
+
+docs/design.md, "Sealing and key names" (no pickle).
 """
 
 from __future__ import annotations

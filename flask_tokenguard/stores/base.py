@@ -6,7 +6,8 @@ A store gives the coordinator three duties that cachelib alone does not:
   expires on its own when its owner dies;
 * a **"sent" mark** that only the claim's owner can set, and that outlives the claim (it lasts
   as long as a result would), so a token whose leader died after sending is never taken over;
-* **published values** (results, outcomes) with a time to live, readable by every process.
+* **published values** (results, outcomes) with a time to live, readable by every process,
+  also written by compare-and-set (:meth:`Store.swap`) and given a new ttl (:meth:`Store.touch`).
 
 Values are text the extension writes (JSON, sealed). A store never unpickles anything: it
 hands back the text it finds, and the caller decides whether it opens.
@@ -44,6 +45,13 @@ def check_ttl(ttl: float) -> float:
     if ttl <= 0:
         raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
     return float(ttl)
+
+
+def check_text(value: object) -> str:
+    """``value`` itself; TypeError unless it is text (``str``), as every stored value is."""
+    if not isinstance(value, str):
+        raise TypeError(f"values are text, not {type(value).__name__}")
+    return value
 
 
 def owner_text(raw: object) -> str | None:
@@ -116,13 +124,47 @@ class Store(abc.ABC):
         is text; then the backend's :meth:`_publish` writes it.
         """
         seconds = check_ttl(ttl)
-        if not isinstance(value, str):
-            raise TypeError(f"values are text, not {type(value).__name__}")
-        self._publish(key, value, seconds)
+        self._publish(key, check_text(value), seconds)
 
     @abc.abstractmethod
     def _publish(self, key: str, value: str, ttl: float) -> None:
         """Write ``value`` (text) under ``key`` for ``ttl`` (a positive float) seconds."""
+
+    def swap(self, key: str, expected: str | None, value: str, ttl: float) -> bool:
+        """Compare-and-set: store ``value`` under ``key`` for ``ttl`` seconds only if the text
+        there now is exactly ``expected`` (with ``expected=None``: only if nothing is there);
+        True when this call wrote, False when it changed nothing.
+
+        Atomic across every user of the store. A value written this way is read back by
+        :meth:`read` (and replaced by :meth:`publish`, removed by :meth:`forget`) like any
+        other. ``expected=None`` wants the key *absent*: a value that is there but reads as
+        None (too large, not text) is not absent on a server (Redis, memcached) until it
+        expires or is forgotten; the file store removes such records when it meets them.
+
+        A write whose answer was lost is settled by reading back: ``value`` there means this
+        call wrote it (True), anything else raises :class:`StoreUnavailable`.
+
+        ValueError unless ``ttl`` is a positive number of seconds, TypeError unless ``value``
+        is text and ``expected`` text or None; then the backend's :meth:`_swap` runs.
+        """
+        seconds = check_ttl(ttl)
+        check_text(value)
+        if expected is not None:
+            check_text(expected)
+        return self._swap(key, expected, value, seconds)
+
+    @abc.abstractmethod
+    def _swap(self, key: str, expected: str | None, value: str, ttl: float) -> bool:
+        """:meth:`swap` with its arguments checked (``ttl`` a positive float)."""
+
+    def touch(self, key: str, ttl: float) -> bool:
+        """Give the value under ``key`` a new ttl of ``ttl`` seconds from now (True); nothing
+        when no value is there (False). ValueError unless ``ttl`` is a positive number."""
+        return self._touch(key, check_ttl(ttl))
+
+    @abc.abstractmethod
+    def _touch(self, key: str, ttl: float) -> bool:
+        """:meth:`touch` with ``ttl`` checked (a positive float)."""
 
     @abc.abstractmethod
     def read(self, key: str) -> str | None:
@@ -130,7 +172,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def forget(self, key: str) -> None:
-        """Remove ``key`` (a published value)."""
+        """Remove the value under ``key``, if any: a later ``swap(key, None, ...)`` wins."""
 
     def ping(self) -> None:  # noqa: B027 - the in-process store is always there
         """Raise :class:`StoreUnavailable` when the store cannot be reached; cheap, no writes.

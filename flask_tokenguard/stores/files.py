@@ -23,7 +23,8 @@ would let two threads of one process both "hold" a claim):
   before they count: they survive the claim, the holder's death, and a crash of the host.
 * **Values** are JSON records ``{"value", "expires"}`` written atomically and read without a
   lock; what does not parse as such a record (a pickle, bytes that are not UTF-8) reads as None.
-  Nothing is ever unpickled.
+  Nothing is ever unpickled. ``swap`` and ``touch`` read the record, decide and rewrite it
+  under the key's lock, where a void or expired record counts as absent (and is removed).
 * Expiries are wall-clock times (``time.time()``): a clock jump moves them. Expired and void
   records are removed when met, and by a sweep of the directory every ``sweep_interval``.
 
@@ -455,15 +456,36 @@ class FileStore(Store):
             self._drop(name, owner)
 
     def _publish(self, key: str, value: str, ttl: float) -> None:
+        self._update(key, ttl, lambda _current: value, look=False)
+
+    def _swap(self, key: str, expected: str | None, value: str, ttl: float) -> bool:
+        return self._update(key, ttl, lambda current: value if current == expected else None)
+
+    def _touch(self, key: str, ttl: float) -> bool:
+        return self._update(key, ttl, lambda current: current)
+
+    def _update(
+        self, key: str, ttl: float, change: Callable[[str | None], str | None], *, look: bool = True
+    ) -> bool:
+        """Under the key's lock: ``change`` the live value (None when absent; not read unless
+        ``look``) into a new one, written to live ``ttl`` seconds from now; True when written,
+        False when ``change`` gave None (nothing written). An expired or void record met is
+        removed."""
         name = file_name(key)
+        path = self.directory / name
 
-        def run() -> None:
+        def run() -> bool:
             with self._guard(name):
-                record = {"value": value, "expires": time.time() + ttl}
-                self._write(self.directory / name, record)
+                now = time.time()
+                value = change(self._live(path, "value", now) if look else None)
+                if value is None:
+                    return False
+                self._write(path, {"value": value, "expires": now + ttl})
+                return True
 
-        self._io(run)
+        written = self._io(run)
         self._maybe_sweep()
+        return written
 
     def read(self, key: str) -> str | None:
         name = file_name(key)

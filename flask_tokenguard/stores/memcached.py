@@ -19,6 +19,9 @@ Guarantees (one memcached server; a client-side pool of several servers would no
   with ``n`` may live only ``n - 1`` seconds and a bit. Every ttl is therefore rounded up and
   one second added (a claim of 1 s lives 1-2 s); ttls above 30 days (which memcached would read
   as a Unix time) are capped at 30 days. The clock is memcached's own monotonic one.
+* **swap** (compare-and-set of a value) is ``add`` when the key must be absent, else ``gets``,
+  compare, ``cas``: a ``cas`` that fails means somebody wrote in between, so the swap lost.
+  **touch** is memcached's ``touch``, its ttl rounded as above.
 * A restarted memcached forgets everything: :meth:`identity` (its pid and start time) changes.
 
 Reads are capped at :attr:`~flask_tokenguard.stores.base.Store.max_value_bytes`: memcached
@@ -186,6 +189,27 @@ class MemcachedStore(ServerStore[PooledClient]):
     def _publish(self, key: str, value: str, ttl: float) -> None:
         expire, data = _expire(ttl), value.encode("utf-8")
         self._call(lambda c: c.set(_mkey(key), data, expire=expire, noreply=False))
+
+    def _swap(self, key: str, expected: str | None, value: str, ttl: float) -> bool:
+        expire, mkey, data = _expire(ttl), _mkey(key), value.encode("utf-8")
+        token = None
+        if expected is not None:
+            current, token = self._call(lambda c: c.gets(mkey))
+            if self._capped(current) != expected.encode("utf-8"):
+                return False
+
+        def write(c: PooledClient) -> bool:
+            if token is None:  # the key must be absent
+                return bool(c.add(mkey, data, expire=expire, noreply=False))
+            # A failed cas: somebody wrote (or it expired) since the gets: the swap lost.
+            return bool(c.cas(mkey, data, token, expire=expire, noreply=False))
+
+        # A write whose answer was lost may or may not have landed: ours if it reads back so.
+        return self._settle(write, lambda c: bool(c.get(mkey) == data), raise_unless_landed=True)
+
+    def _touch(self, key: str, ttl: float) -> bool:
+        expire, mkey = _expire(ttl), _mkey(key)
+        return bool(self._call(lambda c: c.touch(mkey, expire=expire, noreply=False)))
 
     def read(self, key: str) -> str | None:
         return value_text(self._capped(self._call(lambda c: c.get(_mkey(key)))))

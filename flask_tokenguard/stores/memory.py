@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from .base import ClaimInfo, Store, check_ttl
 
@@ -96,11 +97,26 @@ class MemoryStore(Store):
             return True
 
     def _publish(self, key: str, value: str, ttl: float) -> None:
+        self._update(key, ttl, lambda _current: value)
+
+    def _swap(self, key: str, expected: str | None, value: str, ttl: float) -> bool:
+        return self._update(key, ttl, lambda current: value if current == expected else None)
+
+    def _touch(self, key: str, ttl: float) -> bool:
+        return self._update(key, ttl, lambda current: current)
+
+    def _update(self, key: str, ttl: float, change: Callable[[str | None], str | None]) -> bool:
+        """Under the lock: ``change`` the live value (None when absent) into a new one, kept
+        ``ttl`` seconds from now (waiters woken); False when ``change`` gave None."""
         with self._cond:
             now = time.monotonic()
+            value = change(self._live(self._values, key, now))
+            if value is None:
+                return False
             self._values[key] = (value, now + ttl)
             self._wrote(now)
             self._cond.notify_all()
+            return True
 
     def read(self, key: str) -> str | None:
         with self._cond:

@@ -24,6 +24,8 @@ Published values go through cachelib's ``RedisCache`` on the same client, with i
 replaced: values are stored as UTF-8 text and read back by decoding, never by pickle
 (cachelib's ``RedisSerializer`` unpickles anything that starts with ``!``). cachelib counts
 expiries in whole seconds, so a value's ttl is rounded up to the next second.
+:meth:`swap` (compare-and-set) is a Lua script, ``GET``, compare, ``SET ... PX``, in one round
+trip; :meth:`touch` is ``PEXPIRE``. Both count in milliseconds.
 
 Reads are capped: a Lua script checks ``STRLEN`` before ``GET``, in the same round trip, so a
 value (or owner) larger than :attr:`~flask_tokenguard.stores.base.Store.max_value_bytes` is
@@ -95,6 +97,22 @@ end
 return found
 """
 
+# KEYS[1] the value's key; ARGV[1] the new value, ARGV[2] its ttl in ms, ARGV[3] the largest
+# value read, ARGV[4] '1' when the value must be ARGV[5], '0' when the key must be absent.
+# A value larger than the cap reads as absent (None) but is there: it matches neither.
+_SWAP = """
+local current = redis.call('GET', KEYS[1])
+if ARGV[4] == '1' then
+    if not current or #current > tonumber(ARGV[3]) or current ~= ARGV[5] then
+        return 0
+    end
+elseif current then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 MARK_SUFFIX = ":sent"
 
 
@@ -136,6 +154,7 @@ class _Conn:
     release: Script
     mark: Script
     read: Script
+    swap: Script
 
 
 class RedisStore(ServerStore[_Conn]):
@@ -198,6 +217,7 @@ class RedisStore(ServerStore[_Conn]):
             release=client.register_script(_RELEASE),
             mark=client.register_script(_MARK),
             read=client.register_script(_READ),
+            swap=client.register_script(_SWAP),
         )
 
     def _disconnect(self, client: _Conn) -> None:
@@ -250,6 +270,20 @@ class RedisStore(ServerStore[_Conn]):
             # Only a wake-up: the value is stored, and waiters re-read it now and then anyway.
             with contextlib.suppress(RedisError, OSError):
                 self._connection().client.publish(key, b"1")
+
+    def _swap(self, key: str, expected: str | None, value: str, ttl: float) -> bool:
+        args: list[str | int] = [value, _ms(ttl), self.max_value_bytes]
+        args += ["0"] if expected is None else ["1", expected]
+        # A script whose answer was lost may or may not have run: ours if it reads back so.
+        return self._settle(
+            lambda c: bool(c.swap(keys=[key], args=args)),
+            lambda c: value_text(c.client.get(key)) == value,
+            raise_unless_landed=True,
+        )
+
+    def _touch(self, key: str, ttl: float) -> bool:
+        px = _ms(ttl)
+        return bool(self._call(lambda c: c.client.pexpire(key, px)))
 
     def read(self, key: str) -> str | None:
         return value_text(self._call(lambda c: self._get(c, key)[0]))

@@ -32,13 +32,13 @@ class TokenGuardClient(FlaskClient):
         if token is not None:
             self.login(token)
 
-    def login(self, token: Token) -> Token:
+    def login(self, token: Token, subject: str | None = None) -> Token:
         """Sign this client's session in with ``token``; the normalised token."""
         state = self.application.extensions.get(EXTENSION_KEY)
         if state is None:
             raise RuntimeError("TokenGuard is not registered on this app: call init_app first")
         with self.session_transaction() as session:
-            return state.rules.login(session, RequestState(), token)  # type: ignore[no-any-return]
+            return state.rules.login(session, RequestState(), token, subject)  # type: ignore[no-any-return]
 
     def logout(self) -> None:
         """Sign this client's session out (as ``guard.logout()`` does)."""

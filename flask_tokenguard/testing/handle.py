@@ -270,10 +270,7 @@ class ProviderHandle:
         method: str = "client_secret_basic",
     ) -> requests.Response:
         """RFC 7009 revocation at ``/revoke``, authenticated as the client; the raw response."""
-        form = {"token": token}
-        if token_type_hint:
-            form["token_type_hint"] = token_type_hint
-        return self._client_post(self.revocation_url, form, method, None)
+        return self._token_post(self.revocation_url, token, token_type_hint, method)
 
     def introspect(
         self,
@@ -283,10 +280,15 @@ class ProviderHandle:
         method: str = "client_secret_basic",
     ) -> requests.Response:
         """RFC 7662 introspection at ``/introspect``, authenticated as the client."""
+        return self._token_post(self.introspection_url, token, token_type_hint, method)
+
+    def _token_post(
+        self, url: str, token: str, token_type_hint: str | None, method: str
+    ) -> requests.Response:
         form = {"token": token}
         if token_type_hint:
             form["token_type_hint"] = token_type_hint
-        return self._client_post(self.introspection_url, form, method, None)
+        return self._client_post(url, form, method, None)
 
     def _client_post(
         self, url: str, form: dict[str, str], method: str, timeout: float | None

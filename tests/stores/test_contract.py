@@ -135,11 +135,106 @@ def test_wait_for(store: Store, store_spec: StoreSpec) -> None:
     assert store.wait_for(key, 0) == "ready"
 
 
+# -- compare-and-set (swap), touch -------------------------------------------------------------
+
+
+def test_swap_on_an_absent_key(store: Store, store_spec: StoreSpec) -> None:
+    key = store_spec.key("record", "absent")
+    assert not store.swap(key, "anything", "new", 30), "nothing there to compare with"
+    assert store.read(key) is None
+    assert store.swap(key, None, "first", 30)
+    assert store.read(key) == "first"
+    assert not store.swap(key, None, "second", 30), "None wants the key absent"
+    assert store.read(key) == "first"
+
+
+def test_swap_compares_the_exact_text(store: Store, store_spec: StoreSpec) -> None:
+    key = store_spec.key("record", "exact")
+    store.publish(key, '{"v": 1}', 30)
+    assert store.swap(key, '{"v": 1}', '{"v": 2}', 30)
+    assert store.read(key) == '{"v": 2}'
+    for stale in ('{"v": 1}', '{"v": 2} ', '{"V": 2}', '{"v": 2', ""):
+        assert not store.swap(key, stale, '{"v": 3}', 30), stale
+        assert store.read(key) == '{"v": 2}', "a lost swap changes nothing"
+    text = "héllo ✓ \u2028 \x00 !not-a-pickle"
+    assert store.swap(key, '{"v": 2}', text, 30)
+    assert store.read(key) == text
+    assert not store.swap(key, text.encode("utf-8").decode("latin-1"), "mojibake", 30)
+    assert store.swap(key, text, "", 30)
+    assert store.read(key) == ""
+    assert store.swap(key, "", "after empty", 30), "the empty text is a value, not absence"
+    assert store.read(key) == "after empty"
+    store.publish(key, "published over it", 30)
+    assert not store.swap(key, "after empty", "late", 30)
+    assert store.swap(key, "published over it", "last", 30)
+    assert store.wait_for(key, 0) == "last"
+
+
+def test_a_forgotten_key_can_be_swapped_from_absent(store: Store, store_spec: StoreSpec) -> None:
+    key = store_spec.key("record", "forget")
+    assert store.swap(key, None, "logged in", 30)
+    store.forget(key)
+    assert store.read(key) is None
+    assert not store.swap(key, "logged in", "stale write after logout", 30)
+    assert store.read(key) is None
+    assert store.swap(key, None, "logged in again", 30)
+    assert store.read(key) == "logged in again"
+
+
+def test_swapped_values_expire(store: Store, store_spec: StoreSpec) -> None:
+    key = store_spec.key("record", "expiry")
+    assert store.swap(key, None, "soon gone", 1)
+    assert store.read(key) == "soon gone"
+    assert eventually(lambda: store.read(key) is None, 1 + SLACK[store_spec.backend])
+    assert not store.swap(key, "soon gone", "too late", 30), "an expired value matches nothing"
+    assert store.swap(key, None, "fresh", 30), "an expired key is absent"
+    assert store.read(key) == "fresh"
+
+
+def test_touch_gives_a_value_a_new_ttl(store: Store, store_spec: StoreSpec) -> None:
+    key = store_spec.key("record", "touch")
+    slack = SLACK[store_spec.backend]
+    assert not store.touch(key, 5), "nothing to touch"
+    assert store.read(key) is None, "touch creates nothing"
+    store.publish(key, "kept", 1)
+    assert store.touch(key, 5)
+    time.sleep(max(1.5, 1 + slack))  # past the first ttl, and past any rounding of it
+    assert store.read(key) == "kept"
+    assert store.touch(key, 1), "a ttl is replaced, not only extended"
+    assert eventually(lambda: store.read(key) is None, 1 + slack)
+    assert not store.touch(key, 5), "an expired value is absent"
+    assert store.swap(key, None, "swapped", 1)
+    assert store.touch(key, 30)
+    store.forget(key)
+    assert not store.touch(key, 30)
+
+
+def test_swap_and_touch_check_their_arguments(store: Store, store_spec: StoreSpec) -> None:
+    key = store_spec.key("record", "arguments")
+    for ttl in (0, -1, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(ValueError):
+            store.swap(key, None, "v", ttl)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            store.touch(key, ttl)  # type: ignore[arg-type]
+    for value in (b"bytes", 1, None):
+        with pytest.raises(TypeError):
+            store.swap(key, None, value, 30)  # type: ignore[arg-type]
+    for expected in (b"bytes", 1, 0.5):
+        with pytest.raises(TypeError):
+            store.swap(key, expected, "v", 30)  # type: ignore[arg-type]
+    assert store.read(key) is None, "nothing was written"
+    store.publish(key, "v", 30)
+    with pytest.raises(TypeError):
+        store.swap(key, b"v", "w", 30)  # type: ignore[arg-type]
+    assert store.read(key) == "v"
+
+
 # -- races -----------------------------------------------------------------------------------
 
 
-def test_claim_race_between_threads(store: Store, store_spec: StoreSpec) -> None:
-    threads, trials = 16, 30
+def _race_threads(threads: int, trials: int, attempt: Callable[[int, str], bool]) -> list[int]:
+    """``threads`` threads call ``attempt(trial, f"thread-{index}")`` at once, ``trials``
+    times over; the index of each trial's winner (-1: none, -2: more than one)."""
     barrier = threading.Barrier(threads)
     wins = [[False] * threads for _ in range(trials)]
     errors: list[BaseException] = []
@@ -148,8 +243,7 @@ def test_claim_race_between_threads(store: Store, store_spec: StoreSpec) -> None
         try:
             for trial in range(trials):
                 barrier.wait(10)
-                key = store_spec.key("claim", f"threads-{trial}")
-                wins[trial][index] = store.claim(key, f"thread-{index}", 10)
+                wins[trial][index] = attempt(trial, f"thread-{index}")
         except BaseException as exc:
             errors.append(exc)
             barrier.abort()
@@ -160,31 +254,70 @@ def test_claim_race_between_threads(store: Store, store_spec: StoreSpec) -> None
     for worker in workers:
         worker.join(30)
     assert not errors, errors
-    assert [sum(trial) for trial in wins] == [1] * trials
-    winner = wins[0].index(True)
-    assert store.read_claim(store_spec.key("claim", "threads-0")).owner == f"thread-{winner}"
+    return [_winner(trial) for trial in wins]
 
 
-def _race_worker(spec: StoreSpec, index: int, trials: int, barrier: Any, results: Any) -> None:
+def _winner(wins: list[bool]) -> int:
+    return wins.index(True) if sum(wins) == 1 else -1 - min(sum(wins), 1)
+
+
+def test_claim_race_between_threads(store: Store, store_spec: StoreSpec) -> None:
+    trials = 30
+    winners = _race_threads(
+        16, trials, lambda trial, name: store.claim(store_spec.key("claim", f"t{trial}"), name, 10)
+    )
+    assert all(winner >= 0 for winner in winners), winners
+    assert store.read_claim(store_spec.key("claim", "t0")).owner == f"thread-{winners[0]}"
+
+
+def _claim_attempt(store: Store, spec: StoreSpec, trial: int, name: str) -> bool:
+    return store.claim(spec.key("claim", f"race-{trial}"), name, 10)
+
+
+def _swap_expected(trial: int) -> str | None:
+    """What racing swaps expect: even trials an absent key, odd ones a value published first."""
+    return None if trial % 2 == 0 else f"start-{trial}"
+
+
+def _publish_swap_starts(store: Store, spec: StoreSpec, trials: int) -> None:
+    for trial in range(trials):
+        expected = _swap_expected(trial)
+        if expected is not None:
+            store.publish(spec.key("record", f"race-{trial}"), expected, 30)
+
+
+def _swap_attempt(store: Store, spec: StoreSpec, trial: int, name: str) -> bool:
+    return store.swap(spec.key("record", f"race-{trial}"), _swap_expected(trial), name, 30)
+
+
+def _race_worker(
+    spec: StoreSpec,
+    index: int,
+    trials: int,
+    barrier: Any,
+    results: Any,
+    attempt: Callable[[Store, StoreSpec, int, str], bool],
+) -> None:
     store = spec.open()
     try:
         for trial in range(trials):
             barrier.wait(20)
-            won = store.claim(spec.key("claim", f"procs-{trial}"), f"proc-{index}", 10)
-            results.put((trial, index, won))
+            results.put((trial, index, attempt(store, spec, trial, f"proc-{index}")))
         barrier.wait(20)  # closing a file store gives up its claims: not before all are done
     finally:
         store.close()
 
 
-@pytest.mark.slow
-@shared_backends
-def test_claim_race_between_processes(store_spec: StoreSpec) -> None:
-    procs, trials = 16, 20
+def _race_processes(
+    spec: StoreSpec, trials: int, attempt: Callable[[Store, StoreSpec, int, str], bool]
+) -> list[int]:
+    """16 processes call ``attempt(store, spec, trial, f"proc-{index}")`` at once, ``trials``
+    times over, each with a store of its own; each trial's winner as for ``_race_threads``."""
+    procs = 16
     barrier = FORK.Barrier(procs)
     results = FORK.Queue()
     workers = [
-        FORK.Process(target=_race_worker, args=(store_spec, i, trials, barrier, results))
+        FORK.Process(target=_race_worker, args=(spec, i, trials, barrier, results, attempt))
         for i in range(procs)
     ]
     for worker in workers:
@@ -200,10 +333,40 @@ def test_claim_race_between_processes(store_spec: StoreSpec) -> None:
         results.close()
         results.join_thread()
     assert [w.exitcode for w in workers] == [0] * procs
-    wins = [0] * trials
-    for trial, _, won in got:
-        wins[trial] += won
-    assert wins == [1] * trials
+    wins = [[False] * procs for _ in range(trials)]
+    for trial, index, won in got:
+        wins[trial][index] = won
+    return [_winner(trial) for trial in wins]
+
+
+@pytest.mark.slow
+@shared_backends
+def test_claim_race_between_processes(store_spec: StoreSpec) -> None:
+    winners = _race_processes(store_spec, 20, _claim_attempt)
+    assert all(winner >= 0 for winner in winners), winners
+
+
+def test_swap_race_between_threads(store: Store, store_spec: StoreSpec) -> None:
+    """16 threads swap the same expected text (or absence) for their own: one wins."""
+    trials = 30
+    _publish_swap_starts(store, store_spec, trials)
+    winners = _race_threads(
+        16, trials, lambda trial, name: _swap_attempt(store, store_spec, trial, name)
+    )
+    assert all(winner >= 0 for winner in winners), winners
+    for trial, winner in enumerate(winners):
+        assert store.read(store_spec.key("record", f"race-{trial}")) == f"thread-{winner}"
+
+
+@pytest.mark.slow
+@shared_backends
+def test_swap_race_between_processes(store_spec: StoreSpec, store: Store) -> None:
+    trials = 20
+    _publish_swap_starts(store, store_spec, trials)
+    winners = _race_processes(store_spec, trials, _swap_attempt)
+    assert all(winner >= 0 for winner in winners), winners
+    for trial, winner in enumerate(winners):
+        assert store.read(store_spec.key("record", f"race-{trial}")) == f"proc-{winner}"
 
 
 # -- a holder that dies or stalls --------------------------------------------------------------
@@ -362,6 +525,9 @@ def _every_operation(store: Store) -> dict[str, Callable[[], object]]:
         "publish": lambda: store.publish("tgtest:down:value", "v", 5),
         "read": lambda: store.read("tgtest:down:value"),
         "forget": lambda: store.forget("tgtest:down:value"),
+        "swap": lambda: store.swap("tgtest:down:value", None, "v", 5),
+        "swap-expected": lambda: store.swap("tgtest:down:value", "v", "w", 5),
+        "touch": lambda: store.touch("tgtest:down:value", 5),
         "wait_for": lambda: store.wait_for("tgtest:down:value", 5),
         "identity": lambda: store.identity(),
     }
@@ -410,3 +576,22 @@ def test_an_oversized_owner_is_somebody(store: Store, store_spec: StoreSpec) -> 
     assert info.owner is not None and len(info.owner) < 100
     assert not store.claim(key, "alice", 5)
     assert not store.mark_sent(key, "alice", 5)
+
+
+@shared_backends
+def test_an_oversized_value_matches_no_swap(store: Store, store_spec: StoreSpec) -> None:
+    """A value over ``max_value_bytes`` reads as None, so no expected text matches it. It is
+    still there on a server (``swap(key, None, ...)`` loses until it expires or is forgotten);
+    the file store removes a void record when it meets one."""
+    store.max_value_bytes = 1000
+    key = store_spec.key("record", "oversized")
+    store.publish(key, "x" * 1001, 30)
+    assert store.read(key) is None
+    assert not store.swap(key, "x" * 1001, "new", 30)
+    assert store.swap(key, None, "new", 30) is (store_spec.backend == "file")
+    store.forget(key)
+    assert store.swap(key, None, "new", 30)
+    assert store.read(key) == "new"
+    big = "y" * 1001
+    assert store.swap(key, "new", big, 30), "written, as publish writes it"
+    assert store.read(key) is None

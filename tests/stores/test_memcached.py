@@ -74,3 +74,41 @@ def test_memcached_client_is_recreated_in_a_forked_child(
         monkeypatch.undo()
         store.close()
         parent.close()
+
+
+class _LostCasClient:
+    """A memcached client whose ``cas`` and ``add`` are sent but never answered."""
+
+    def __init__(self, stored: bytes | None) -> None:
+        self.stored = stored
+
+    def gets(self, key: str) -> tuple[bytes | None, bytes | None]:
+        return b"old", b"42"
+
+    def cas(self, *args: object, **kwargs: object) -> bool:
+        raise TimeoutError("timed out")
+
+    add = cas
+
+    def get(self, key: str) -> bytes | None:
+        return self.stored
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("stored", "won"), [(b"mine", True), (b"other", False), (None, False)])
+@pytest.mark.parametrize("swap_from", [None, "old"])
+def test_memcached_settles_an_uncertain_swap_by_reading_back(
+    monkeypatch: pytest.MonkeyPatch, stored: bytes | None, won: bool, swap_from: str | None
+) -> None:
+    from flask_tokenguard.errors import StoreUnavailable
+    from flask_tokenguard.stores.memcached import MemcachedStore
+
+    monkeypatch.setattr(MemcachedStore, "_connect", lambda self: _LostCasClient(stored))
+    store = MemcachedStore("127.0.0.1", 1)
+    if won:
+        assert store.swap("tgtest:uncertain", swap_from, "mine", 5)
+    else:
+        with pytest.raises(StoreUnavailable, match="timed out"):
+            store.swap("tgtest:uncertain", swap_from, "mine", 5)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from flask_tokenguard.errors import StoreUnavailable
+from flask_tokenguard.errors import StoreError, StoreUnavailable
 from tests.stores.helpers import FORK, eventually
 
 
@@ -57,6 +57,73 @@ def test_redis_settles_an_uncertain_claim_by_reading_back(
             store.claim("tgtest:uncertain", "me", 5)
     else:
         assert store.claim("tgtest:uncertain", "me", 5) is expected
+
+
+class _LostScriptRedis(_LostAnswerRedis):
+    """A client whose scripts (a swap) are sent but whose answers never come back."""
+
+    def register_script(self, script: str) -> object:
+        import redis
+
+        def run(**kwargs: object) -> object:
+            raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+        return run
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        (b"mine", True),
+        (b"someone-else", StoreUnavailable),
+        (None, StoreUnavailable),
+        (b"\xffmine", StoreUnavailable),
+        ("down", StoreUnavailable),
+    ],
+)
+@pytest.mark.parametrize("swap_from", [None, "old"])
+def test_redis_settles_an_uncertain_swap_by_reading_back(
+    monkeypatch: pytest.MonkeyPatch, stored: object, expected: object, swap_from: str | None
+) -> None:
+    """Our value there means the lost script ran: we won. Anything else is unknown: the
+    script may still run (or have run and been overwritten), so the store is unavailable."""
+    import redis
+
+    from flask_tokenguard.stores.redis import RedisStore
+
+    if stored == "down":
+        stored = redis.exceptions.ConnectionError("Connection refused")
+    monkeypatch.setattr(RedisStore, "_new_client", lambda self: _LostScriptRedis(stored))
+    store = RedisStore("redis://127.0.0.1:1/0")
+    if expected is StoreUnavailable:
+        with pytest.raises(StoreUnavailable, match="Timeout"):
+            store.swap("tgtest:uncertain", swap_from, "mine", 5)
+    else:
+        assert store.swap("tgtest:uncertain", swap_from, "mine", 5) is expected
+
+
+def test_redis_swap_and_touch_count_milliseconds(redis_url: str, redis_prefix: str) -> None:
+    import redis
+
+    from flask_tokenguard.stores.redis import RedisStore
+
+    store = RedisStore(redis_url)
+    raw = redis.Redis.from_url(redis_url)
+    key = redis_prefix + "record"
+    try:
+        assert store.swap(key, None, "v", 2.5)
+        assert 2000 < raw.pttl(key) <= 2500
+        assert raw.get(key) == b"v"
+        assert store.touch(key, 0.75)
+        assert 0 < raw.pttl(key) <= 750
+        assert store.swap(key, "v", "w", 40.25)
+        assert 40000 < raw.pttl(key) <= 40250
+        raw.hset(key + ":hash", "f", "v")
+        with pytest.raises(StoreError):
+            store.swap(key + ":hash", "v", "w", 5)  # WRONGTYPE: refused, nothing written
+    finally:
+        raw.close()
+        store.close()
 
 
 class _ReadOnlyRedis(_LostAnswerRedis):

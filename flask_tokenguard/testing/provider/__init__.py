@@ -118,8 +118,9 @@ delivery), ``app`` (routes and the admin API), ``server`` (the threaded server),
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_names
 
 if TYPE_CHECKING:
     from .app import create_provider_app, get_provider_state
@@ -155,22 +156,16 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Load a name on first use; the server parts say which extra they need."""
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if _WHERE[name] != ".config":
-        try:
-            import authlib  # noqa: F401 (only: is the demo extra installed?)
-        except ImportError as error:
-            raise ImportError(
-                "the demo provider needs Authlib, from the demo extra: "
-                'pip install "flask-tokenguard[demo]"'
-            ) from error
-    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
-    globals()[name] = value
-    return value
+def _needs_authlib(submodule: str) -> None:
+    if submodule == ".config":
+        return
+    try:
+        import authlib  # noqa: F401 (only: is the demo extra installed?)
+    except ImportError as error:
+        raise ImportError(
+            "the demo provider needs Authlib, from the demo extra: "
+            'pip install "flask-tokenguard[demo]"'
+        ) from error
 
 
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_names(__name__, _WHERE, _needs_authlib)

@@ -123,6 +123,9 @@ class ProviderConfig:
     backchannel_logout_timeout: float = 2.0
     # --- run-time settings (ProviderState.set_faults can change them; reset restores them) ---
     access_ttl: int = 20
+    #: Characters in an access token (0: Authlib's default, 42): real providers' JWT access
+    #: tokens run to several KB, which is what a cookie cannot hold.
+    access_token_size: int = 0
     #: Issue a new refresh token on every refresh (False: Google-style, the token stays valid).
     rotate: bool = True
     #: Seconds a used refresh token is still accepted (Okta's grace period, Auth0's leeway).
@@ -148,6 +151,7 @@ class ProviderConfig:
 #: The ProviderConfig fields that can change at run time.
 SETTINGS: Final = (
     "access_ttl",
+    "access_token_size",
     "rotate",
     "reuse_grace",
     "invalid_grant_status",

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Final, cast
 
+from authlib.common.security import generate_token
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedTokenTypeError
@@ -46,6 +47,15 @@ class ProviderAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
     def create_bearer_token_generator(self, config: Mapping[str, Any]) -> Any:
         generator = super().create_bearer_token_generator(config)
         generator.expires_generator = lambda client, grant_type: self.state.settings.access_ttl
+        default_access = generator.access_token_generator
+
+        def access_token(client: Any, grant_type: str, user: Any, scope: str) -> str:
+            size = self.state.settings.access_token_size
+            if size <= 0:
+                return str(default_access(client, grant_type, user, scope))
+            return str(generate_token(size))
+
+        generator.access_token_generator = access_token
         return generator
 
     def _save(self, token: dict[str, Any], oauth_request: Any) -> None:

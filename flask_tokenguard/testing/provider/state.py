@@ -544,6 +544,12 @@ def _coerce_setting(name: str, value: Any) -> Any:
         raise ValueError(f"{name} must be a bool")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number")
-    if name in {"access_ttl", "invalid_grant_status", "status_code", "status_retry_after"}:
+    if name in {
+        "access_ttl",
+        "access_token_size",
+        "invalid_grant_status",
+        "status_code",
+        "status_retry_after",
+    }:
         return int(value)
     return float(value)

@@ -1,0 +1,241 @@
+"""Tokens kept server-side: a small ticket in the session, the token record in the shared store.
+
+With ``TOKENGUARD_TOKEN_STORAGE = "store"`` (the default) the session holds a ticket of fixed
+size, a random id and a random secret, beside what the fast path needs (the access token's
+expiry, when to refresh it, its state). The token record lives in the shared store under a
+digest of the id, sealed under a key derived from the ticket's secret and the app's secret: a
+dump of the store alone opens nothing, and the cookie alone holds no token. So real-sized
+tokens (JWT access and ID tokens of several KB) never meet the browser's 4 KB cookie limit,
+and logout deletes the record: a copy of the cookie is dead at once, whatever the session
+backend.
+
+Records are written with compare-and-set on the text last read (``Store.swap``): a request
+that read an older record never overwrites a newer one; it reads again and takes what is
+there. A record lives as long as the session (``PERMANENT_SESSION_LIFETIME``), renewed when
+it is written and when it is opened past half that time. The subject's index (its records'
+keys) lets ``logout_all(subject)`` end every session of one user.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+import time
+from collections.abc import MutableMapping, Sequence
+from typing import Any
+
+from .errors import StoreError, TokenError
+from .keys import KeyNames
+from .sealing import Sealer, SealError
+from .session import Record, RecordConflict, mark_modified, read_entry, readable
+from .stores.base import Store
+from .token import Token, TokenState, expires_at, refresh_at, restore
+
+FORMAT = 3
+_ID_BYTES, _SECRET_BYTES = 16, 32
+#: How many times an index update is retried against concurrent writers.
+_INDEX_TRIES = 8
+#: A subject's index is pruned of dead records once it holds this many.
+_PRUNE_AT = 32
+
+
+class TicketTokens:
+    """Reads and writes the token record of a session kept in the shared store."""
+
+    #: the session carries no token, so a stale copy of it cannot bring an old one back
+    guards_lost_updates = False
+
+    def __init__(
+        self,
+        key: str,
+        store: Store,
+        keys: KeyNames,
+        secrets: Sequence[str | bytes],
+        leeway: float,
+        lifetime: float,
+    ) -> None:
+        self.key = key
+        self.store = store
+        self.keys = keys
+        self.secrets = [s.encode("utf-8") if isinstance(s, str) else s for s in secrets]
+        self.leeway = leeway
+        self.lifetime = lifetime
+
+    # -- the session's ticket (no I/O) -------------------------------------------------------
+
+    def peek(self, session: MutableMapping[str, Any]) -> Record | None:
+        """The ticket's view of the token, unopened; None without one. TokenError if malformed."""
+        raw = read_entry(session, self.key, FORMAT, "ticket")
+        if raw is None:
+            return None
+        if not isinstance(raw.get("id"), str) or not isinstance(raw.get("k"), str):
+            raise TokenError("the session's token ticket is malformed")
+        return readable(raw, "ticket")
+
+    def _ticket(self, session: MutableMapping[str, Any]) -> tuple[str, bytes]:
+        raw = session.get(self.key)
+        try:
+            ticket_id, secret = raw["id"], _unb64(raw["k"])  # type: ignore[index]
+        except (TypeError, KeyError, ValueError, binascii.Error):
+            raise TokenError("the session's token ticket is malformed") from None
+        if len(secret) != _SECRET_BYTES:
+            raise TokenError("the session's token ticket is malformed")
+        return ticket_id, secret
+
+    # -- the record in the store -------------------------------------------------------------
+
+    def open(self, session: MutableMapping[str, Any], record: Record) -> tuple[Token, Record]:
+        """The token of the session's record (one store read), and the record as stored.
+
+        The ticket's readable part is brought up to date with the store's (another request of
+        this session may have refreshed the token). TokenError when there is no record (signed
+        out elsewhere, expired, evicted) or it does not open; StoreError when the store fails.
+        """
+        ticket_id, secret = self._ticket(session)
+        key = self.keys.ticket(ticket_id)
+        text = self.store.read(key)
+        if text is None:
+            raise TokenError("the session's token record is gone (signed out, or expired)")
+        body = self._open_text(key, text, secret)
+        token = restore(body.get("token"))
+        try:
+            state = TokenState(body.get("st"))
+        except ValueError:
+            raise TokenError("the session's token record is malformed") from None
+        stored = self._record(token, state, text)
+        at = body.get("at")
+        if isinstance(at, (int, float)) and time.time() - at > self.lifetime / 2:
+            self.store.touch(key, self.lifetime)  # the session is in use: keep its record
+        if stored[:4] != record[:4]:
+            self._write_ticket(session, ticket_id, secret, stored)
+        return token, stored
+
+    def save(
+        self,
+        session: MutableMapping[str, Any],
+        token: Token,
+        state: TokenState = TokenState.OK,
+        previous: Record | None = None,
+        subject: str | None = None,
+    ) -> Record:
+        """Write the record (compare-and-set on ``previous.box``) and the ticket.
+
+        Without a ticket (a sign-in), a new one is made. RecordConflict when the record changed
+        since ``previous`` was read: read it again and take what is there.
+        """
+        try:
+            ticket_id, secret = self._ticket(session) if session.get(self.key) else (None, b"")
+        except TokenError:
+            ticket_id = None
+        fresh = ticket_id is None
+        if ticket_id is None:
+            ticket_id = _b64(secrets.token_bytes(_ID_BYTES))
+            secret = secrets.token_bytes(_SECRET_BYTES)
+        key = self.keys.ticket(ticket_id)
+        body: dict[str, Any] = {"v": 1, "token": token, "st": state.value, "at": time.time()}
+        if subject is not None:
+            body["sub"] = subject
+        elif previous is not None and previous.box and not fresh:
+            old = self._open_text(key, previous.box, secret)
+            if isinstance(old.get("sub"), str):
+                body["sub"] = old["sub"]
+        text = self._sealer(secret).seal(
+            json.dumps(body, separators=(",", ":")).encode("utf-8"), key.encode("utf-8")
+        )
+        expected = None if fresh or previous is None or not previous.box else previous.box
+        if not self.store.swap(key, expected, text, self.lifetime):
+            if fresh:  # a random 128-bit id already taken: practically never
+                raise StoreError("a new token ticket collided with an existing one")
+            raise RecordConflict("the session's token record changed meanwhile")
+        if fresh and isinstance(body.get("sub"), str):
+            self._index(body["sub"], key)
+        stored = self._record(token, state, text)
+        self._write_ticket(session, ticket_id, secret, stored)
+        return stored
+
+    def clear(self, session: MutableMapping[str, Any]) -> None:
+        """Delete the record (the session's copies are dead at once) and the ticket."""
+        if self.key not in session:
+            return
+        try:
+            ticket_id, _secret = self._ticket(session)
+        except TokenError:
+            ticket_id = None
+        del session[self.key]
+        mark_modified(session)
+        if ticket_id is not None:
+            self.store.forget(self.keys.ticket(ticket_id))
+
+    def logout_all(self, subject: str) -> int:
+        """Delete every record of ``subject``; how many there were."""
+        index = self.keys.subject(subject)
+        text = self.store.read(index)
+        keys = _keys(text)
+        for key in keys:
+            self.store.forget(key)
+        self.store.forget(index)
+        return len(keys)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _sealer(self, secret: bytes) -> Sealer:
+        return Sealer([app + b"\x00" + secret for app in self.secrets], "ticket")
+
+    def _open_text(self, key: str, text: str, secret: bytes) -> dict[str, Any]:
+        try:
+            data, _current = self._sealer(secret).open(text, key.encode("utf-8"))
+            body = json.loads(data)
+        except (SealError, ValueError, RecursionError) as exc:
+            raise TokenError(f"the session's token record does not open: {exc}") from None
+        if not isinstance(body, dict) or body.get("v") != 1:
+            raise TokenError("the session's token record is malformed")
+        return body
+
+    def _record(self, token: Token, state: TokenState, text: str) -> Record:
+        return Record(expires_at(token), refresh_at(token, self.leeway), None, state, text)
+
+    def _write_ticket(
+        self, session: MutableMapping[str, Any], ticket_id: str, secret: bytes, record: Record
+    ) -> None:
+        session[self.key] = {
+            "v": FORMAT,
+            "id": ticket_id,
+            "k": _b64(secret),
+            "exp": record.exp,
+            "due": record.due,
+            "st": record.state.value,
+        }
+        mark_modified(session)
+
+    def _index(self, subject: str, key: str) -> None:
+        """Add ``key`` to the subject's index (compare-and-set, retried against writers)."""
+        index = self.keys.subject(subject)
+        for _ in range(_INDEX_TRIES):
+            text = self.store.read(index)
+            live = [k for k in _keys(text) if k != key]
+            if len(live) >= _PRUNE_AT:  # drop the records that expired or were deleted
+                live = [k for k in live if self.store.read(k) is not None]
+            new = json.dumps([*live, key])
+            if self.store.swap(index, text, new, self.lifetime):
+                return
+        raise StoreError("could not record the session under its subject (too many writers)")
+
+
+def _keys(text: str | None) -> list[str]:
+    if text is None:
+        return []
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return []
+    return [k for k in value if isinstance(k, str)] if isinstance(value, list) else []
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
