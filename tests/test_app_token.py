@@ -154,8 +154,9 @@ def test_a_refused_client_is_a_configuration_error(provider, tmp_path, redis_url
         guard_of(app).client_token()
 
 
-def test_the_users_session_refreshes_once_on_a_401_and_retries(provider, guarded):
-    base = guarded()
+@pytest.mark.parametrize("storage", ["store", "session"])
+def test_the_users_session_refreshes_once_on_a_401_and_retries(provider, guarded, storage):
+    base = guarded(TOKENGUARD_TOKEN_STORAGE=storage)
     token = provider.issue(expires_in=600)
     http = requests.Session()
     http.post(f"{base}/_test/seed", json=token, timeout=5).raise_for_status()
