@@ -14,6 +14,10 @@ outcome is harmless: it is published as a transient failure, every waiter of tha
 it at once, and a call after its short hold (the ``Retry-After``, at most a few seconds)
 fetches again. An ``invalid_grant`` here is a configuration error: there is no user to sign in.
 
+A token refused less than ``min_renew_interval`` seconds after it was fetched is not replaced:
+an API that refuses every token (a wrong audience or scope) would otherwise cost one token
+request per call. The caller gets the 401, and a warning names the likely cause.
+
 Nothing here knows about Flask.
 """
 
@@ -59,6 +63,7 @@ class AppTokens:
         *,
         leeway: float,
         wait_timeout: float,
+        min_renew_interval: float = 5.0,
         confidential: bool = True,
     ) -> None:
         self.coordinator = coordinator
@@ -68,8 +73,10 @@ class AppTokens:
         self.codec = codec
         self.leeway = leeway
         self.wait_timeout = wait_timeout
+        self.min_renew_interval = min_renew_interval
         self.confidential = confidential
-        self._memory: dict[str, Token] = {}
+        #: scope -> (token, epoch seconds it was fetched at)
+        self._memory: dict[str, tuple[Token, float]] = {}
 
     def get(self, scope: str | Iterable[str] | None = None) -> Token:
         """A token for ``scope`` that is not due; fetched (once everywhere) if needed.
@@ -78,21 +85,26 @@ class AppTokens:
         :class:`~flask_tokenguard.errors.StoreError` when the store fails (fallback closed).
         """
         name = normalise_scope(scope)
-        token = self._memory.get(name)
-        if token is not None and not self._due(token):
-            return dict(token)
+        entry = self._memory.get(name)
+        if entry is not None and not self._due(entry[0]):
+            return dict(entry[0])
         return self._fetch(name, refused=None)
 
     def renew(self, scope: str | Iterable[str] | None, refused: str) -> Token:
         """A token other than ``refused`` (an access token an API answered 401 to).
 
         Every caller that saw the same refused token shares one fetch; one that comes after
-        a newer token is known gets that one without any request.
+        a newer token is known gets that one without any request. A token refused soon after
+        it was fetched comes back unchanged (see the module's docstring).
         """
         name = normalise_scope(scope)
-        token = self._memory.get(name)
-        if token is not None and token["access_token"] != refused and not self._due(token):
-            return dict(token)
+        entry = self._memory.get(name)
+        if entry is not None:
+            token, fetched_at = entry
+            if token["access_token"] != refused and not self._due(token):
+                return dict(token)
+            if token["access_token"] == refused and self._too_soon(fetched_at):
+                return dict(token)
         return self._fetch(name, refused=refused)
 
     # -- internals -------------------------------------------------------------------------
@@ -100,15 +112,31 @@ class AppTokens:
     def _due(self, token: Token) -> bool:
         return is_due(refresh_at(token, self.leeway))
 
+    def _too_soon(self, fetched_at: float) -> bool:
+        age = time.time() - fetched_at
+        if age >= self.min_renew_interval:
+            return False
+        log.warning(
+            "an API refused the app token %.1fs after it was fetched; no new one is fetched"
+            " within %gs of the last (TOKENGUARD_RETRY_AFTER): check the API's audience and"
+            " the scope asked for",
+            age,
+            self.min_renew_interval,
+        )
+        return True
+
     def _fetch(self, scope: str, refused: str | None) -> Token:
         if not self.confidential:
             raise ConfigurationError(
                 "the app's own token needs a confidential client: the client-credentials grant"
                 " authenticates with TOKENGUARD_CLIENT_SECRET (TOKENGUARD_CLIENT_AUTH is 'none')"
             )
-        shared = self._read(scope)
-        if shared is not None and shared["access_token"] != refused and not self._due(shared):
-            self._memory[scope] = shared
+        shared, fetched_at = self._read(scope)
+        if shared is not None and (
+            (shared["access_token"] != refused and not self._due(shared))
+            or (shared["access_token"] == refused and self._too_soon(fetched_at))
+        ):
+            self._memory[scope] = (shared, fetched_at)
             return dict(shared)
         seen = refused if refused is not None else (shared or {}).get("access_token", "")
         deadline = Deadline(self.wait_timeout)
@@ -127,7 +155,7 @@ class AppTokens:
                 break
             seen = token["access_token"]
         assert token is not None
-        self._memory[scope] = token
+        self._memory[scope] = (token, time.time())
         return dict(token)
 
     def _send(self, scope: str, timeout: float) -> Token:
@@ -148,17 +176,20 @@ class AppTokens:
         except StoreError:
             log.warning("could not keep the app token in the shared store")
 
-    def _read(self, scope: str) -> Token | None:
+    def _read(self, scope: str) -> tuple[Token | None, float]:
+        """The kept token, if any, and when it was fetched (epoch seconds)."""
         key = self.keys.app_token(scope)
         try:
             text = self.store.read(key)
         except StoreError:
-            return None  # the coordinator meets the outage and applies the fallback
+            return None, 0.0  # the coordinator meets the outage and applies the fallback
         record = self.codec.decode(key, text) if text is not None else None
         if record is None:
-            return None
+            return None, 0.0
+        at = record.get("at")
         try:
-            return restore(record.get("token"))
+            token = restore(record.get("token"))
         except TokenError:
             log.warning("ignoring a kept app token that is not usable")
-            return None
+            return None, 0.0
+        return token, float(at) if isinstance(at, (int, float)) else 0.0

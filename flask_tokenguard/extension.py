@@ -171,6 +171,7 @@ class TokenGuard:
                 codec,
                 leeway=settings.leeway,
                 wait_timeout=settings.wait_timeout,
+                min_renew_interval=settings.retry_after,
                 confidential=settings.client_auth != "none",
             ),
         )

@@ -109,7 +109,7 @@ def test_a_refused_token_is_replaced_once_and_the_call_retried(
     provider, tmp_path, redis_url, redis_prefix
 ):
     provider.set_faults(refresh_delay=0.3)
-    app = redis_app(provider, tmp_path, redis_url, redis_prefix)
+    app = redis_app(provider, tmp_path, redis_url, redis_prefix, TOKENGUARD_RETRY_AFTER=0.5)
     guard = guard_of(app)
     with app.app_context():
         http = guard.client_session()
@@ -121,6 +121,7 @@ def test_a_refused_token_is_replaced_once_and_the_call_retried(
         dead = guard.client_token()["access_token"]
     provider.revoke(dead)  # the provider's admin API: the app token dies before its expiry
     statuses.clear()
+    time.sleep(0.6)  # a token refused right after its fetch is not replaced (see below)
 
     # Eight calls at once on the session, outside any app context: each is refused once.
     replies = all_at_once(8, lambda _: http.get(provider.userinfo_url, timeout=10))
@@ -128,7 +129,18 @@ def test_a_refused_token_is_replaced_once_and_the_call_retried(
     assert statuses.count(401) == 8 and statuses.count(200) == 8
     assert cc_requests(provider) == 2  # one shared fetch for every call that saw the 401
     with app.app_context():
-        assert guard.client_token()["access_token"] != dead
+        fresh = guard.client_token()["access_token"]
+    assert fresh != dead
+
+    # Refused again at once (an API that refuses every token): no new fetch, the 401 is returned.
+    provider.revoke(fresh)
+    statuses.clear()
+    assert http.get(provider.userinfo_url, timeout=5).status_code == 401
+    assert statuses == [401]
+    assert cc_requests(provider) == 2
+    time.sleep(0.6)  # TOKENGUARD_RETRY_AFTER later, it is replaced
+    assert http.get(provider.userinfo_url, timeout=5).status_code == 200
+    assert cc_requests(provider) == 3
     http.close()
 
 
@@ -220,10 +232,13 @@ def test_workers_share_one_fetch_after_the_api_refuses_the_app_token(
     provider, gunicorn, redis_url, redis_prefix
 ):
     provider.set_faults(refresh_delay=0.3)
-    config = json.dumps({"TOKENGUARD_KEY_PREFIX": redis_prefix + "tg"})
+    config = json.dumps(
+        {"TOKENGUARD_KEY_PREFIX": redis_prefix + "tg", "TOKENGUARD_RETRY_AFTER": 0.5}
+    )
     server = gunicorn(redis_url, workers=4, threads=8, TG_CONFIG=config)
     dead = requests.get(f"{server.url}/_test/app-token", timeout=10).json()["access_token"]
     provider.revoke(dead)
+    time.sleep(0.6)  # older than TOKENGUARD_RETRY_AFTER: a refused token is replaced
     before = cc_requests(provider)
     replies = all_at_once(32, lambda _: requests.get(f"{server.url}/_test/app-api", timeout=30))
     bodies = [r.json() for r in replies]
