@@ -163,6 +163,21 @@ def test_a_row_moved_to_another_grant_or_subject_does_not_open(store: GrantStore
     assert store.list("bob") == []
 
 
+def test_a_plain_postgresql_url_opens_with_psycopg(postgres_url: str, grant_table: str) -> None:
+    store = GrantStore(
+        postgres_url, client_id="demo-client", sealer=Sealer([SECRET], "grants"), table=grant_table
+    )
+    try:
+        assert store.engine.dialect.driver == "psycopg"
+        grant_id = store.put("alice", token(1))
+        assert [g.grant_id for g in store.list("alice")] == [grant_id]
+        with store.engine.connect() as conn:
+            schema = conn.execute(sa.text("select current_schema()")).scalar()
+        assert str(schema).startswith("tgtest_")  # the session's schema, not public
+    finally:
+        store.close()
+
+
 def test_urls_get_the_psycopg_driver() -> None:
     assert engine_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert engine_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
