@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,27 @@ def cc_requests(provider: Any) -> int:
     return int(provider.stats()["client_credentials_requests"])
 
 
-def redis_app(provider: Any, tmp_path: Path, redis_url: str, prefix: str, **config: Any) -> Flask:
-    return make_app(
-        provider,
-        str(tmp_path / "instance"),
-        TOKENGUARD_CACHE_URL=redis_url,
-        TOKENGUARD_KEY_PREFIX=prefix + "tg",
-        **config,
-    )
+@pytest.fixture
+def redis_app(
+    provider: Any, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> Iterator[Callable[..., Flask]]:
+    """``redis_app(**config)``: the test app on the real Redis; its store is closed after."""
+    apps: list[Flask] = []
+
+    def make(**config: Any) -> Flask:
+        app = make_app(
+            provider,
+            str(tmp_path / "instance"),
+            TOKENGUARD_CACHE_URL=redis_url,
+            TOKENGUARD_KEY_PREFIX=redis_prefix + "tg",
+            **config,
+        )
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["tokenguard"].store.close()
 
 
 def guard_of(app: Flask) -> TokenGuard:
@@ -65,10 +79,10 @@ def test_scope_is_normalised() -> None:
 
 
 def test_threads_share_one_fetch_and_the_store_keeps_it_sealed(
-    provider, tmp_path, redis_url, redis_prefix
+    provider, redis_url, redis_prefix, redis_app
 ):
     provider.set_faults(refresh_delay=0.3)
-    app = redis_app(provider, tmp_path, redis_url, redis_prefix)
+    app = redis_app()
     guard = guard_of(app)
 
     def ask() -> str:
@@ -81,7 +95,7 @@ def test_threads_share_one_fetch_and_the_store_keeps_it_sealed(
     assert provider.userinfo(tokens[0]).status_code == 200
 
     # Another process (a fresh app on the same store) adopts it without a request.
-    other = redis_app(provider, tmp_path, redis_url, redis_prefix)
+    other = redis_app()
     with other.app_context():
         assert guard_of(other).client_token()["access_token"] == tokens[0]
     assert cc_requests(provider) == 1
@@ -105,11 +119,9 @@ def assert_nothing_in_clear(provider: Any, redis_url: str, prefix: str) -> None:
         client.close()
 
 
-def test_a_refused_token_is_replaced_once_and_the_call_retried(
-    provider, tmp_path, redis_url, redis_prefix
-):
+def test_a_refused_token_is_replaced_once_and_the_call_retried(provider, redis_app):
     provider.set_faults(refresh_delay=0.3)
-    app = redis_app(provider, tmp_path, redis_url, redis_prefix, TOKENGUARD_RETRY_AFTER=0.5)
+    app = redis_app(TOKENGUARD_RETRY_AFTER=0.5)
     guard = guard_of(app)
     with app.app_context():
         http = guard.client_session()
@@ -144,10 +156,8 @@ def test_a_refused_token_is_replaced_once_and_the_call_retried(
     http.close()
 
 
-def test_an_ambiguous_fetch_is_transient_and_tried_again(
-    provider, tmp_path, redis_url, redis_prefix
-):
-    app = redis_app(provider, tmp_path, redis_url, redis_prefix, TOKENGUARD_RETRY_AFTER=0.5)
+def test_an_ambiguous_fetch_is_transient_and_tried_again(provider, redis_app):
+    app = redis_app(TOKENGUARD_RETRY_AFTER=0.5)
     guard = guard_of(app)
     provider.set_faults(drop_after_commit=1)
     with app.app_context(), pytest.raises(ProviderUnavailable):
@@ -159,8 +169,8 @@ def test_an_ambiguous_fetch_is_transient_and_tried_again(
     assert cc_requests(provider) == 2
 
 
-def test_a_refused_client_is_a_configuration_error(provider, tmp_path, redis_url, redis_prefix):
-    app = redis_app(provider, tmp_path, redis_url, redis_prefix)
+def test_a_refused_client_is_a_configuration_error(provider, redis_app):
+    app = redis_app()
     provider.set_faults(invalid_client=1)
     with app.app_context(), pytest.raises(ProviderError):
         guard_of(app).client_token()
