@@ -198,8 +198,9 @@ class Server:
             env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         _wait_until(
-            lambda: call(self.url, "/_bench/ping").status == 200
-            and len(self.worker_pids()) >= workers,
+            lambda: (
+                call(self.url, "/_bench/ping").status == 200 and len(self.worker_pids()) >= workers
+            ),
             self.proc,
             log,
         )
@@ -373,7 +374,7 @@ def users_at_once(
         stats = provider.handle.stats()
     crossed = wrong = 0
     fingerprints = set()
-    for sub, (_, old_fp), reply in zip(subs, seeded, replies):
+    for sub, (_, old_fp), reply in zip(subs, seeded, replies, strict=True):
         if reply.status != 200:
             wrong += 1
             continue
@@ -458,7 +459,7 @@ def table(rows: list[Row], threads: int) -> str:
         "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for row in rows:
-        description, hosts, workers = SCENARIOS[row.scenario]
+        description = SCENARIOS[row.scenario][0]
         where = f"({row.scenario}) {description}"
         if row.scenario == "a":
             where = f"(a) 1 worker x {threads} threads"
@@ -516,9 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     limit = raise_open_files(8192)
     started_at = time.monotonic()
     print("flask-tokenguard vs requests-oauthlib vs Authlib: one expired session, N at once")
-    print(
-        "reproduce: python benchmarks/compare.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    )
+    shown = sys.argv[1:] if argv is None else argv
+    print("reproduce: python benchmarks/compare.py " + shlex.join(shown))
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python"
         f" {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, load average"
