@@ -315,8 +315,10 @@ def one_session_burst(provider: Provider, urls: list[str], n: int, sub: str) -> 
 
 def run_table(
     args: argparse.Namespace, provider: Provider, base_env: dict[str, str], tmp: Path
-) -> list[Row]:
+) -> tuple[list[Row], list[str]]:
+    """The table's rows, and what failed the check that a lone request works (a broken setup)."""
     rows: list[Row] = []
+    broken: list[str] = []
     threads = max(args.sizes)
     for scenario in args.scenarios:
         _, hosts, workers = SCENARIOS[scenario]
@@ -324,6 +326,15 @@ def run_table(
             env = {**base_env, "BENCH_PEER": peer}
             with servers(env, hosts, workers, threads, tmp, f"{scenario}-{peer}") as started:
                 urls = [s.url for s in started]
+                # Each app must refresh correctly when nothing races it, or the table means nothing.
+                lone = one_session_burst(provider, urls[-1:], 1, f"bench-{scenario}-1-{peer}")
+                if not (
+                    lone["failed"] == 0
+                    and lone["signed_in"]
+                    and lone["stats"]["refresh_requests"] == 1
+                    and lone["stats"]["refreshes"] == 1
+                ):
+                    broken.append(f"{scenario}/{LABELS[peer]}: {lone['statuses']}")
                 for n in args.sizes:
                     sub = f"bench-{scenario}-{n}-{peer}"
                     out = one_session_burst(provider, urls, n, sub)
@@ -349,7 +360,7 @@ def run_table(
                         f" statuses {row.statuses}",
                         flush=True,
                     )
-    return rows
+    return rows, broken
 
 
 def users_at_once(
@@ -537,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         "AUTHLIB_INSECURE_TRANSPORT": "1",
     }
     rows: list[Row] = []
+    lone_broken: list[str] = []
     users: dict[str, Any] | None = None
     waiters: dict[str, Any] | None = None
     try:
@@ -545,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             provider = Provider(args.refresh_delay, tmp / "provider.log")
             base_env["BENCH_PROVIDER_URL"] = provider.url
             try:
-                rows = run_table(args, provider, base_env, tmp)
+                rows, lone_broken = run_table(args, provider, base_env, tmp)
                 if args.users:
                     users = users_at_once(args, provider, base_env, tmp)
                 if args.waiters:
@@ -561,6 +573,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows, max(args.sizes)))
     print()
+    if rows:
+        verdict = "FAILED " + "; ".join(lone_broken) if lone_broken else "ok"
+        print(
+            "check, one request alone with an expired token (1 refresh, 200, signed in after),"
+            f" every library and deployment: {verdict}"
+        )
     if users is not None:
         print(
             f"scale, {users['users']} users at once (flask-tokenguard, 4 workers x"
@@ -583,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     ours = [r for r in rows if r.peer == "tokenguard"]
     broken = (
-        any(not r.ok for r in ours)
+        bool(lone_broken)
+        or any(not r.ok for r in ours)
         or (users is not None and not users["ok"])
         or (waiters is not None and not waiters["ok"])
     )

@@ -92,6 +92,8 @@ def test_the_comparison_runs_in_quick_mode_and_only_tokenguard_refreshes_once(re
         for n in (8, 16):
             for library in ("flask-tokenguard", "requests-oauthlib", "Authlib"):
                 assert (scenario, n, library) in seen, out
+    # every app, peers included, refreshes correctly when nothing races it
+    assert re.search(r"^check, one request alone .*: ok$", out, re.MULTILINE), out
     users = re.search(r"^scale, 50 users at once .*$", out, re.MULTILINE)
     assert users, out
     assert "50 refresh calls, 50 rotations, max presentations 1, 0 failed" in users[0], out
