@@ -4,12 +4,13 @@ One session whose access token has expired sends N requests at once to a Flask a
 the provider's ``/userinfo`` with the bearer token (``compare_apps.py``: the same routes for all
 three, each library used as its own documentation shows). The strict demo provider (a fixed
 refresh latency, rotation, no reuse window, family revocation) counts every presentation of
-every refresh token. Three deployments, real gunicorn throughout:
+every refresh token. Three deployments, real gunicorn (gthread, T = the largest N threads per
+worker) throughout, flask-tokenguard's store in Redis in each:
 
     a  1 process: gunicorn 1 worker x T threads
     b  4 gunicorn workers
-    c  2 "hosts" x 2 workers (two gunicorn servers on two ports, the load spread over both,
-       flask-tokenguard's store in the shared Redis)
+    c  2 "hosts" x 2 workers (two gunicorn servers on two ports sharing Redis, the requests
+       spread over both)
 
 Then two scale figures for flask-tokenguard: many distinct users refreshing at once (exactly one
 refresh each, no reply carrying another user's token), and one user with many concurrent waiters
@@ -58,8 +59,8 @@ LABELS = {
     "authlib": "Authlib",
 }
 SCENARIOS = {
-    # name: (description, hosts, workers per host)
-    "a": ("1 process, threads", 1, 1),
+    # name: (description, hosts, workers per host); every worker runs max(N) threads
+    "a": ("1 worker", 1, 1),
     "b": ("4 workers", 1, 4),
     "c": ("2 hosts x 2 workers", 2, 2),
 }
@@ -470,10 +471,7 @@ def table(rows: list[Row], threads: int) -> str:
         "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for row in rows:
-        description = SCENARIOS[row.scenario][0]
-        where = f"({row.scenario}) {description}"
-        if row.scenario == "a":
-            where = f"(a) 1 worker x {threads} threads"
+        where = f"({row.scenario}) {SCENARIOS[row.scenario][0]} x {threads} threads"
         lines.append(
             f"| {where} | {row.n} | {LABELS[row.peer]} | {row.refresh_calls} | {row.rotations} |"
             f" {row.max_presentations} | {row.families_revoked} | {row.failed}/{row.n} |"
