@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at = time.monotonic()
     print("flask-tokenguard vs requests-oauthlib vs Authlib: one expired session, N at once")
     shown = sys.argv[1:] if argv is None else argv
-    print("reproduce: python benchmarks/compare.py " + shlex.join(shown))
+    print(("reproduce: python benchmarks/compare.py " + shlex.join(shown)).rstrip())
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python"
         f" {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, load average"
