@@ -218,7 +218,7 @@ class Server:
 
 
 def _wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path) -> None:
-    end = time.monotonic() + 30
+    end = time.monotonic() + 60  # workers boot slowly on a busy machine
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise SystemExit(f"{proc.args!r} exited:\n{log.read_text()[-3000:]}")
