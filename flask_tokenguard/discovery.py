@@ -179,9 +179,8 @@ class Discovery:
             elif not isinstance(found, str):
                 raise ConfigurationError(f"{key}: {member} is not a string")
             else:
-                values[name] = check_url(
-                    found, f"{member} from {key} (set {config_key} to override)", loopback=self.loopback
-                )
+                where = f"{member} from {key} (set {config_key} to override)"
+                values[name] = check_url(found, where, loopback=self.loopback)
         issuer = document.get("issuer")
         if issuer is not None and not isinstance(issuer, str):
             raise ConfigurationError(f"{key}: issuer is not a string")

@@ -95,7 +95,9 @@ class IdTokens:
                     raise
                 return jwt.decode(id_token, fresh, algorithms=self.algorithms)
         except InvalidKeyIdError:
-            raise IdTokenError("the ID token is signed with a key the provider does not publish")
+            raise IdTokenError(
+                "the ID token is signed with a key the provider does not publish"
+            ) from None
         except (JoseError, ValueError, TypeError, KeyError, RecursionError) as exc:
             raise IdTokenError(f"the ID token does not verify ({type(exc).__name__})") from None
 
@@ -118,10 +120,10 @@ class IdTokens:
         if (len(audiences) > 1 or azp is not None) and azp != self.client_id:
             raise IdTokenError("the ID token's authorized party is another client")
         now = time.time()
-        exp, iat = claims.get("exp"), claims.get("iat")
-        if not _is_number(exp) or now >= exp + self.skew:
+        exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
+        if exp is None or now >= exp + self.skew:
             raise IdTokenError("the ID token has expired")
-        if not _is_number(iat) or iat > now + self.skew:
+        if iat is None or iat > now + self.skew:
             raise IdTokenError("the ID token was issued in the future")
         if nonce is not None:
             got = claims.get("nonce")
@@ -202,7 +204,9 @@ class IdTokens:
                 )
                 body = reply.raw.read(MAX_JWKS_BYTES + 1, decode_content=True)
         except (requests.RequestException, OSError) as exc:
-            raise IdTokenError(f"the provider's JWKS could not be fetched ({type(exc).__name__})")
+            raise IdTokenError(
+                f"the provider's JWKS could not be fetched ({type(exc).__name__})"
+            ) from None
         if reply.status_code != 200 or len(body) > MAX_JWKS_BYTES:
             raise IdTokenError(f"the provider's JWKS answered {reply.status_code}")
         try:
@@ -212,7 +216,8 @@ class IdTokens:
                 for k in document["keys"]
                 if isinstance(k, dict) and k.get("kty") in ("RSA", "EC", "OKP")
             ]
-            return KeySet.import_key_set({"keys": keys})  # type: ignore[typeddict-item]
+            key_set: KeySet = KeySet.import_key_set({"keys": keys})
+            return key_set
         except (JoseError, ValueError, TypeError, KeyError, RecursionError) as exc:
             raise IdTokenError(f"the provider's JWKS is malformed ({type(exc).__name__})") from None
 
@@ -247,5 +252,7 @@ def user_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None

@@ -190,8 +190,11 @@ class TokenRules:
         state.initial_refresh_token = token.get("refresh_token")
         return token
 
-    def logout(self, session: Session, state: RequestState) -> None:
-        """Remove the token; a refresh still in flight elsewhere will not bring it back."""
+    def logout(self, session: Session, state: RequestState) -> Token | None:
+        """Remove the token; a refresh still in flight elsewhere will not bring it back.
+
+        Returns the token removed (to end the grant at the provider), if it opened.
+        """
         try:
             record = self.tokens.peek(session)
         except TokenError:
@@ -206,6 +209,7 @@ class TokenRules:
         self.tokens.clear(session)
         state.record = state.token = state.initial_refresh_token = None
         state.checked = True
+        return token
 
     @staticmethod
     def needs_guard(state: RequestState) -> bool:

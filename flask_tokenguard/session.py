@@ -44,6 +44,8 @@ class SessionTokens:
     def __init__(self, key: str, sealer: Sealer, keys: KeyNames, leeway: float) -> None:
         self.key = key
         self.sid_key = f"{key}_sid"
+        #: the signed-in user's claims (``guard.user``): no secret, never a token
+        self.user_key = f"{key}_user"
         self.sealer = sealer
         self.keys = keys
         self.leeway = leeway
@@ -107,9 +109,10 @@ class SessionTokens:
         return record._replace(box=box)
 
     def clear(self, session: MutableMapping[str, Any]) -> None:
-        if self.key in session:
-            del session[self.key]
-            _modified(session)
+        for key in (self.key, self.user_key):
+            if key in session:
+                del session[key]
+                _modified(session)
 
     def _aad(self, session: MutableMapping[str, Any], record: Record) -> bytes:
         sid = session.get(self.sid_key)
