@@ -68,7 +68,8 @@ class IdTokens:
         self.refetch_interval = refetch_interval
         self._lock = threading.Lock()
         self._keys: KeySet | None = None
-        self._fetched_at = -float("inf")
+        #: when an unknown ``kid`` last caused a fetch
+        self._refetched_at = -float("inf")
 
     # -- validation ------------------------------------------------------------------------
 
@@ -175,10 +176,11 @@ class IdTokens:
         with self._lock:
             if self._keys is not None and (
                 self._keys is not keys
-                or time.monotonic() - self._fetched_at < self.refetch_interval
+                or time.monotonic() - self._refetched_at < self.refetch_interval
             ):
                 return self._keys  # fetched meanwhile, or too soon to fetch again
-            self._fetched_at = time.monotonic()
+            if self._keys is not None:
+                self._refetched_at = time.monotonic()
             try:
                 self._keys = self._fetch()
             except IdTokenError:
