@@ -40,7 +40,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from .config import DEFAULTS, ConfigKeys, Settings, check_secret, unknown_keys
 from .coordinator import Coordinator, Policy
-from .discovery import Discovery
+from .discovery import Discovery, Endpoints
 from .errors import (
     ConfigurationError,
     RefreshError,
@@ -445,6 +445,11 @@ class TokenGuard:
         regenerate = getattr(current_app.session_interface, "regenerate", None)
         if callable(regenerate) and session:
             regenerate(session)
+
+    def endpoints(self) -> Endpoints:
+        """The provider's endpoints: the configured ones, completed by discovery (fetched on
+        first use). Raises :class:`ConfigurationError` when the metadata cannot be had."""
+        return self._state().discovery.endpoints()
 
     @property
     def user(self) -> dict[str, Any] | None:

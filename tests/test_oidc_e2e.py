@@ -129,3 +129,31 @@ def serve_on(port: int, app: Any) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_the_example_app_runs_on_the_metadata_url_and_client_credentials(
+    make_oidc_provider, tmp_path, monkeypatch
+):
+    import example_app
+
+    port = free_port()
+    oidc = make_oidc_provider(redirect_uris=[f"http://127.0.0.1:{port}/callback"])
+    for name in ("TOKENGUARD_TOKEN_URL", "TOKENGUARD_AUTHORIZE_URL", "EXAMPLE_API_URL"):
+        monkeypatch.delenv(f"FLASK_{name}", raising=False)
+    monkeypatch.setenv("FLASK_TOKENGUARD_SERVER_METADATA_URL", oidc.discovery_url)
+    monkeypatch.setenv("FLASK_TOKENGUARD_CLIENT_ID", oidc.client_id)
+    monkeypatch.setenv("FLASK_TOKENGUARD_CLIENT_SECRET", oidc.client_secret)
+    monkeypatch.setenv("FLASK_TOKENGUARD_AUTHORIZE_PARAMS", json.dumps(CONSENT))
+    app = example_app.create_app(instance_path=str(tmp_path / "instance"))
+    with serve_on(port, app) as base:
+        http = requests.Session()
+        assert http.get(f"{base}/api/me", timeout=10).status_code == 401
+        to_provider = http.get(f"{base}/login", allow_redirects=False, timeout=10)
+        with requests.Session() as at_provider:
+            callback = oidc.login(at_provider, to_provider.headers["Location"], username="dave")
+        assert http.get(callback, allow_redirects=False, timeout=10).status_code == 302
+        me = http.get(f"{base}/api/me", timeout=10).json()
+        assert me["sub"] == "dave"
+        profile = http.get(f"{base}/api/profile", timeout=10)  # the discovered userinfo
+        assert profile.status_code == 200 and profile.json()["profile"]["sub"] == "dave"
+        assert "Signed in as <strong>dave</strong>" in http.get(f"{base}/", timeout=10).text
