@@ -239,3 +239,13 @@ def test_the_leader_vets_before_publishing(provider):
     with pytest.raises(InvalidGrant):  # another process: the published outcome, no call
         make().refresh(token, Deadline(5))
     assert provider.stats()["refresh_requests"] == 1
+
+
+def test_userinfo_is_merged_into_the_user_when_asked(provider, tmp_path):
+    with serve(oidc_app(provider, tmp_path, TOKENGUARD_FETCH_USERINFO=True)) as base:
+        http = requests.Session()
+        user = sign_in(base, http).json()["user"]
+        assert user["sub"] == "alice" and user["iss"] == provider.url  # from the ID token
+        assert user["token_fingerprint"]  # only the userinfo answer has this one
+    with serve(oidc_app(provider, tmp_path)) as base:
+        assert "token_fingerprint" not in sign_in(base).json()["user"]

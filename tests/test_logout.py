@@ -171,3 +171,24 @@ def test_the_logout_mark_lives_as_long_as_a_session(provider, tmp_path):
     coordinator.store.publish = publish
     coordinator.revoke("some-refresh-token")
     assert ttls == [3 * 24 * 3600]
+
+
+def test_the_session_is_regenerated_at_sign_out(provider, tmp_path, redis_url, redis_prefix):
+    app = oidc_app(provider, tmp_path, session_redis=f"{redis_url}|{redis_prefix}")
+
+    @app.get("/_test/remember")
+    def remember() -> Any:
+        from flask import session
+
+        session["theme"] = "dark"  # the app's own key keeps the session alive
+        return {"ok": True}
+
+    with serve(app) as base:
+        http, _ = signed_in(base)
+        http.get(f"{base}/_test/remember", timeout=5)
+        before = http.cookies["session"]
+        assert http.get(f"{base}/logout", timeout=5).status_code == 200
+        assert http.cookies["session"] != before
+        stale = requests.Session()
+        stale.cookies.set("session", before)
+        assert stale.get(f"{base}/me", timeout=5).status_code == 401
