@@ -136,6 +136,15 @@ class TokenGuard:
             if settings.server_metadata_url or settings.issuer
             else None
         )
+        if id_tokens is None and settings.scope and "openid" in settings.scope:
+            log.warning(
+                "%s asks for openid, but ID tokens cannot be validated without %s (or %s and"
+                " %s): guard.user stays None",
+                ConfigKeys.SCOPE,
+                ConfigKeys.SERVER_METADATA_URL,
+                ConfigKeys.ISSUER,
+                ConfigKeys.JWKS_URL,
+            )
         # A logout's tombstone lasts as long as a session can (a copied cookie included).
         session_lifetime = app.permanent_session_lifetime.total_seconds()
         coordinator = Coordinator(

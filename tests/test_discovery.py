@@ -220,3 +220,9 @@ def test_init_app_does_no_io_and_the_app_starts_while_the_provider_is_down(provi
             TOKENGUARD_SERVER_METADATA_URL=f"{base}/.well-known/openid-configuration",
         )
         assert app.test_client().get("/plain").status_code == 200
+
+
+def test_openid_without_a_way_to_validate_id_tokens_is_warned_about(provider, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="flask_tokenguard"):
+        make_app(provider, str(tmp_path), TOKENGUARD_SCOPE="openid profile")
+    assert "TOKENGUARD_SERVER_METADATA_URL" in caplog.text and "guard.user" in caplog.text
