@@ -407,7 +407,10 @@ class TokenGuard:
                 ConfigKeys.AUTHORIZE_PARAMS,
             )
         # Nothing of the session before sign-in carries over into the signed-in one: a
-        # session id planted before it is worthless after it.
+        # session id planted before it is worthless after it, and a token it held is marked
+        # logged out (a copy of the old cookie never refreshes it again).
+        if tokens.key in session:
+            state.rules.logout(session, self._request_state())
         for key in (tokens.key, tokens.sid_key, tokens.user_key):
             session.pop(key, None)
         token = self.login(token)

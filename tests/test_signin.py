@@ -337,3 +337,16 @@ def test_an_unsafe_next_falls_back_to_the_default(provider, tmp_path):
         http = requests.Session()
         authorize = start(http, base, "/login?next=//evil.example/")
         assert http.get(at_provider(authorize), timeout=5).json()["next"] == "/"
+
+
+def test_signing_in_again_logs_the_previous_token_out(provider, tmp_path):
+    app = oidc_app(provider, tmp_path, TOKENGUARD_LEEWAY=5)
+    with serve(app) as base:
+        http = requests.Session()
+        http.post(f"{base}/_test/seed", json=provider.issue(expires_in=6), timeout=5)
+        before = requests.Session()
+        before.cookies.update(http.cookies)  # a copy of the cookie before the new sign-in
+        assert http.get(at_provider(start(http, base)), timeout=5).status_code == 200
+        time.sleep(3.3)  # the old token is due
+        assert before.get(f"{base}/api/profile", timeout=5).status_code == 401
+        assert provider.stats()["refresh_requests"] == 0
