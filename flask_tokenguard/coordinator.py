@@ -223,15 +223,18 @@ class Coordinator:
             self.vetter.check_adopted(token, new)
         return new, called and led
 
-    def newest(self, refresh_token: str) -> Token | None:
+    def newest(self, refresh_token: str, previous: Token | None = None) -> Token | None:
         """The newest published successor of ``refresh_token``, if any (no provider call).
 
         Failures and store errors count as "none known": this serves the lost-update guard,
-        which must never break a response.
+        which must never break a response. With ``previous`` (the token being healed), a
+        successor must also pass the vetter's adoption check (the same user).
         """
         for store in self._stores():
             try:
                 found = self._adopt(store, refresh_token)
+                if found is not None and previous is not None and self.vetter is not None:
+                    self.vetter.check_adopted(previous, found)
             except (RefreshError, StoreError):
                 continue
             if found is not None:

@@ -245,7 +245,7 @@ class TokenRules:
         if any(self.coordinator.is_revoked(rt) for rt in candidates):
             self.tokens.clear(session)
             return
-        newest = self.coordinator.newest(current)
+        newest = self.coordinator.newest(current, token)
         if newest is not None and newest.get("refresh_token") != current:
             self.tokens.save(session, newest)
 

@@ -249,3 +249,22 @@ def test_userinfo_is_merged_into_the_user_when_asked(provider, tmp_path):
         assert user["token_fingerprint"]  # only the userinfo answer has this one
     with serve(oidc_app(provider, tmp_path)) as base:
         assert "token_fingerprint" not in sign_in(base).json()["user"]
+
+
+def test_the_lost_update_guard_heals_only_to_the_same_user(provider):
+    store = MemoryStore()
+    coordinator = Coordinator(
+        RefreshClient(
+            provider.token_url, ClientCredentials(provider.client_id, provider.client_secret)
+        ),
+        store,
+        KeyNames(provider.client_id),
+        RecordCodec(Sealer(["secret"], "store")),
+        Policy(provider_timeout=2, claim_ttl=3),
+        vetter=ids_for(provider),
+    )
+    alice = provider.issue("alice", scope="openid", expires_in=0)
+    bob = provider.issue("bob", scope="openid", expires_in=0)
+    coordinator._publish(store, alice["refresh_token"], {**bob, "refresh_token": "rt-next"})
+    assert coordinator.newest(alice["refresh_token"], alice) is None
+    assert coordinator.newest(alice["refresh_token"]) is not None  # without the check
