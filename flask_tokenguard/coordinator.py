@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .config import DEFAULTS, TRANSIENT_TTL_CAP, Settings
 from .config import ConfigKeys as K
@@ -52,6 +52,18 @@ log = logging.getLogger("flask_tokenguard")
 #: Called by the thread that called the provider: (new token, None) or (None, error).
 OutcomeCallback = Callable[[Token | None, RefreshError | None], None]
 
+class Vetter(Protocol):
+    """Checks a refresh's outcome before anyone adopts it (the ID token checks, for one)."""
+
+    def vet(self, old: Token, new: Token) -> Token:
+        """Run by the leader before publishing: the token to publish, or raise InvalidGrant."""
+        ...
+
+    def check_adopted(self, old: Token, new: Token) -> None:
+        """Run on a result adopted from the store: raise InvalidGrant if it is not ``old``'s."""
+        ...
+
+
 _MAX_CHAIN = 32
 #: The least time left on a deadline for which a leader still sends a refresh.
 _MIN_SEND_BUDGET = 0.5
@@ -68,6 +80,8 @@ class Policy:
     retry_after: float = DEFAULTS[K.RETRY_AFTER]
     provider_grace: float = DEFAULTS[K.PROVIDER_GRACE]
     store_fallback: str = DEFAULTS[K.STORE_FALLBACK]
+    #: how long a logout's tombstone lasts: at least as long as a session can
+    revoked_ttl: float = DEFAULTS[K.RESULT_TTL]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -79,6 +93,7 @@ class Policy:
             retry_after=settings.retry_after,
             provider_grace=settings.provider_grace,
             store_fallback=settings.store_fallback,
+            revoked_ttl=settings.result_ttl,
         )
 
     def publish_ttl(self, error: RefreshError) -> float:
@@ -107,11 +122,19 @@ class _ProviderCall:
     """
 
     def __init__(
-        self, coordinator: Coordinator, store: Store, refresh_token: str, *, defer: bool = False
+        self,
+        coordinator: Coordinator,
+        store: Store,
+        refresh_token: str,
+        *,
+        defer: bool = False,
+        previous: Token | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.store = store
         self.refresh_token = refresh_token
+        #: the token being refreshed, for the vetter
+        self.previous = previous
         #: leave an ambiguous outcome unpublished: the leader may retry inside the grace window
         self.defer = defer
         self.lock = threading.Lock()
@@ -126,6 +149,9 @@ class _ProviderCall:
             # shorter: an answer that lands after the leader gave up is still published.
             timeout = self.coordinator.policy.provider_timeout
             outcome = self.coordinator.client.refresh(self.refresh_token, timeout)
+            vetter = self.coordinator.vetter
+            if vetter is not None and self.previous is not None:
+                outcome = vetter.vet(self.previous, outcome)
         except RefreshError as exc:
             outcome = exc
         except Exception as exc:  # never let a bug leave waiters hanging
@@ -154,8 +180,10 @@ class Coordinator:
         keys: KeyNames,
         codec: RecordCodec,
         policy: Policy | None = None,
+        vetter: Vetter | None = None,
     ) -> None:
         self.client = client
+        self.vetter = vetter
         self.store = store
         self.keys = keys
         self.codec = codec
@@ -184,24 +212,29 @@ class Coordinator:
         try:
             (new, called), led = self.flights.run(
                 self.keys.flight(refresh_token),
-                lambda: self._lead(refresh_token, deadline, on_outcome),
+                lambda: self._lead(refresh_token, deadline, on_outcome, token),
                 deadline.remaining(),
             )
         except FlightTimeout:
             raise RefreshTimeout(
                 "timed out waiting for a refresh in progress", retry_after=self.policy.retry_after
             ) from None
+        if not called and self.vetter is not None:
+            self.vetter.check_adopted(token, new)
         return new, called and led
 
-    def newest(self, refresh_token: str) -> Token | None:
+    def newest(self, refresh_token: str, previous: Token | None = None) -> Token | None:
         """The newest published successor of ``refresh_token``, if any (no provider call).
 
         Failures and store errors count as "none known": this serves the lost-update guard,
-        which must never break a response.
+        which must never break a response. With ``previous`` (the token being healed), a
+        successor must also pass the vetter's adoption check (the same user).
         """
         for store in self._stores():
             try:
                 found = self._adopt(store, refresh_token)
+                if found is not None and previous is not None and self.vetter is not None:
+                    self.vetter.check_adopted(previous, found)
             except (RefreshError, StoreError):
                 continue
             if found is not None:
@@ -216,7 +249,7 @@ class Coordinator:
                 store.publish(
                     key,
                     self.codec.encode(key, {"outcome": Outcome.REVOKED.value}),
-                    self.policy.result_ttl,
+                    max(self.policy.revoked_ttl, self.policy.result_ttl),
                 )
             except StoreError:
                 log.warning("could not record a logout in the shared store")
@@ -234,14 +267,30 @@ class Coordinator:
 
     # -- the protocol ----------------------------------------------------------------------
 
+    def _revoked_in(self, store: Store, refresh_token: str) -> bool:
+        """Whether a logout's tombstone lies in ``store`` for ``refresh_token``."""
+        key = self.keys.revoked(refresh_token)
+        text = store.read(key)
+        return text is not None and self.codec.decode(key, text) is not None
+
+    def _revoked_quietly(self, store: Store, refresh_token: str) -> bool:
+        try:
+            return self._revoked_in(store, refresh_token)
+        except StoreError:
+            return False
+
     def _stores(self) -> list[Store]:
         return [self.store, self._local] if self._outage else [self.store]
 
     def _lead(
-        self, refresh_token: str, deadline: Deadline, on_outcome: OutcomeCallback | None
+        self,
+        refresh_token: str,
+        deadline: Deadline,
+        on_outcome: OutcomeCallback | None,
+        previous: Token | None = None,
     ) -> tuple[Token, bool]:
         try:
-            result = self._protocol(self.store, refresh_token, deadline, on_outcome)
+            result = self._protocol(self.store, refresh_token, deadline, on_outcome, previous)
         except StoreError:
             if self.policy.store_fallback != "process":
                 raise
@@ -253,7 +302,7 @@ class Coordinator:
                     "shared store unreachable: falling back to single flight in this process"
                     " (TOKENGUARD_STORE_FALLBACK=process); other processes are not coordinated"
                 )
-            return self._protocol(self._local, refresh_token, deadline, on_outcome)
+            return self._protocol(self._local, refresh_token, deadline, on_outcome, previous)
         if self._outage:
             with self._state_lock:
                 self._outage = False
@@ -266,8 +315,12 @@ class Coordinator:
         refresh_token: str,
         deadline: Deadline,
         on_outcome: OutcomeCallback | None,
+        previous: Token | None = None,
     ) -> tuple[Token, bool]:
         claim_key = self.keys.claim(refresh_token)
+        if self._revoked_in(store, refresh_token):
+            # Signed out: checked before any claim or provider call.
+            raise InvalidGrant("signed out: this refresh token is not used again")
         found = self._adopt(store, refresh_token)
         if found is not None:
             return found, False
@@ -294,7 +347,7 @@ class Coordinator:
                         )
                     if not self._mark_sent(store, claim_key, owner):
                         continue  # the claim expired under us: start over
-                    return self._call(store, refresh_token, deadline, on_outcome), True
+                    return self._call(store, refresh_token, deadline, on_outcome, previous), True
                 finally:
                     self._release(store, claim_key, owner)
             found = self._await(store, refresh_token, claim_key, deadline)
@@ -342,6 +395,7 @@ class Coordinator:
         refresh_token: str,
         deadline: Deadline,
         on_outcome: OutcomeCallback | None,
+        previous: Token | None = None,
     ) -> Token:
         started = time.monotonic()
         grace = self.policy.provider_grace
@@ -349,7 +403,7 @@ class Coordinator:
         for attempt in range(attempts):
             budget = deadline.cap(self.policy.provider_timeout)
             may_retry = attempt + 1 < attempts
-            call = _ProviderCall(self, store, refresh_token, defer=may_retry)
+            call = _ProviderCall(self, store, refresh_token, defer=may_retry, previous=previous)
             threading.Thread(target=call.run, name="tokenguard-refresh", daemon=True).start()
             call.done.wait(budget)
             with call.lock:
@@ -414,6 +468,8 @@ class Coordinator:
             following = newest.get("refresh_token")
             if not isinstance(following, str) or following == current:
                 break  # a provider that does not rotate
+            if self._revoked_in(store, following):
+                raise InvalidGrant("signed out: the successor of this token was logged out")
             current = following
         return newest
 
@@ -424,6 +480,11 @@ class Coordinator:
             hold = self.policy.hold(outcome)
             if hold is not None:
                 record["until"] = record["at"] + hold
+        elif self._revoked_quietly(store, refresh_token):
+            # Signed out while the call was in flight: no success is ever published for it.
+            log.info("a refresh finished after its session signed out; not published")
+            refused = InvalidGrant("signed out during the refresh")
+            record, ttl = self.codec.failure(refused), self.policy.publish_ttl(refused)
         else:
             record, ttl = self.codec.success(outcome), self.policy.result_ttl
         try:

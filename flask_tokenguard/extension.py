@@ -18,8 +18,9 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
+from urllib.parse import urlencode
 
 import requests
 from flask import (
@@ -39,6 +40,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from .config import DEFAULTS, ConfigKeys, Settings, check_secret, unknown_keys
 from .coordinator import Coordinator, Policy
+from .discovery import Discovery, Endpoints
 from .errors import (
     ConfigurationError,
     RefreshError,
@@ -46,15 +48,16 @@ from .errors import (
     StoreUnavailable,
     TokenGuardError,
 )
+from .idtoken import IdTokens, user_claims
 from .keys import KeyNames
-from .login import LoginFlow
+from .login import LoginFlow, SignIn, safe_next
 from .logs import install_redaction
-from .provider import ClientCredentials, RefreshClient
+from .provider import ClientCredentials, RefreshClient, fetch_userinfo, revoke_tokens
 from .records import RecordCodec
 from .rules import Decision, RequestState, TokenHolder, TokenRules, Verdict
 from .sealing import Sealer
 from .session import SessionTokens
-from .signals import token_refresh_failed, token_refreshed
+from .signals import token_refresh_failed, token_refreshed, user_signed_in
 from .stores.base import Store
 from .stores.uri import store_from_uri
 from .tickets import TicketTokens
@@ -66,6 +69,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXTENSION_KEY = "tokenguard"
 _G = "_tokenguard"
 _EXEMPT_ATTR = "_tokenguard_exempt"
+_G_NEXT = "_tokenguard_next"
 
 #: What clients are told; details (hosts, provider error text) go to the log only.
 UNAUTHORIZED_MESSAGE = "sign-in required"
@@ -81,6 +85,8 @@ class _AppState:
     rules: TokenRules
     login: LoginFlow
     store: Store
+    discovery: Discovery
+    credentials: ClientCredentials
     #: endpoint -> whether the hook skips it (an endpoint's view and blueprints never change)
     exempt: dict[str | None, bool] = field(default_factory=dict)
 
@@ -120,14 +126,42 @@ class TokenGuard:
         credentials = ClientCredentials(
             settings.client_id, settings.client_secret, settings.client_auth
         )
+        discovery = Discovery.from_settings(settings)
+        id_tokens = (
+            IdTokens(
+                discovery,
+                settings.client_id,
+                algorithms=settings.id_token_algorithms,
+                timeout=settings.provider_timeout,
+            )
+            if settings.server_metadata_url or settings.issuer
+            else None
+        )
+        if id_tokens is None and settings.scope and "openid" in settings.scope:
+            log.warning(
+                "%s asks for openid, but ID tokens cannot be validated without %s (or %s and"
+                " %s): guard.user stays None",
+                ConfigKeys.SCOPE,
+                ConfigKeys.SERVER_METADATA_URL,
+                ConfigKeys.ISSUER,
+                ConfigKeys.JWKS_URL,
+            )
+        # A logout's tombstone lasts as long as a session can (a copied cookie included).
+        session_lifetime = app.permanent_session_lifetime.total_seconds()
         coordinator = Coordinator(
             RefreshClient(
-                settings.token_url, credentials, default_retry_after=settings.retry_after
+                settings.token_url or discovery.token_url,
+                credentials,
+                default_retry_after=settings.retry_after,
             ),
             store,
             keys,
             RecordCodec(Sealer(secrets, "store")),
-            Policy.from_settings(settings),
+            replace(
+                Policy.from_settings(settings),
+                revoked_ttl=max(settings.result_ttl, session_lifetime),
+            ),
+            vetter=id_tokens,
         )
         tokens: TokenHolder
         if settings.token_storage == "store":  # noqa: S105 - a storage mode
@@ -148,14 +182,17 @@ class TokenGuard:
             settings=settings,
             rules=TokenRules(tokens, coordinator, settings.wait_timeout),
             login=LoginFlow(
-                authorize_url=settings.authorize_url,
-                token_url=settings.token_url,
+                discovery=discovery,
                 credentials=credentials,
                 scope=settings.scope,
                 session_key=settings.session_key,
                 timeout=settings.provider_timeout,
+                id_tokens=id_tokens,
+                authorize_params=dict(settings.authorize_params),
             ),
             store=store,
+            discovery=discovery,
+            credentials=credentials,
         )
         install_redaction()
         self._check_store(store)
@@ -220,8 +257,10 @@ class TokenGuard:
             return cast(ResponseReturnValue, current_app.ensure_sync(self._unauthorized)())
         login_view = self._state().settings.login_view
         if login_view and request.accept_mimetypes.best == "text/html":
+            query = request.query_string.decode("latin-1")
+            here = safe_next(f"{request.path}?{query}" if query else request.path)
             try:
-                return redirect(url_for(login_view))
+                return redirect(url_for(login_view, next=here))
             except BuildError:
                 raise ConfigurationError(
                     f"{ConfigKeys.LOGIN_VIEW} {login_view!r} is not an endpoint of this app"
@@ -341,14 +380,122 @@ class TokenGuard:
     # -- sign-in and sign-out --------------------------------------------------------------
 
     def authorize_redirect(self, redirect_uri: str, **params: str) -> BaseResponse:
-        """Redirect to the provider's authorization endpoint (code flow, PKCE S256, state)."""
-        url = self._state().login.begin(session, redirect_uri, **params)
+        """Redirect to the provider's authorization endpoint (code flow, PKCE S256, state,
+        and a nonce when ``openid`` is in the scope).
+
+        ``params`` are added to the request (over ``TOKENGUARD_AUTHORIZE_PARAMS``). A safe
+        ``next`` in this request's query (a path on this host) is kept for
+        :meth:`next_url` after the callback.
+        """
+        next_path = safe_next(request.args.get("next"))
+        url = self._state().login.begin(session, redirect_uri, next_path=next_path, **params)
         return redirect(url)
 
     def authorize_callback(self) -> Token:
-        """Exchange the callback's code and sign the session in; raises :class:`LoginError`."""
-        token = self._state().login.complete(session, request.args)
-        return self.login(token)
+        """Exchange the callback's code and sign the session in; raises :class:`LoginError`.
+
+        The ID token (OpenID Connect) is validated, its claims become :attr:`user`, the session
+        is regenerated, and ``user_signed_in`` is sent.
+        """
+        state = self._state()
+        sign_in = state.login.complete(session, request.args)
+        setattr(g, _G_NEXT, sign_in.next)
+        return self._sign_in(state, sign_in)
+
+    def _sign_in(self, state: _AppState, sign_in: SignIn) -> Token:
+        tokens = state.rules.tokens
+        claims = dict(sign_in.claims)
+        token = sign_in.token
+        if state.settings.fetch_userinfo:
+            claims.update(self._userinfo(state, token, claims))
+        if not token.get("refresh_token"):
+            log.warning(
+                "the sign-in brought no refresh token: the session ends when the access token"
+                " expires. Usually the provider wants to be asked: node-oidc-provider drops"
+                " offline_access unless the request carries prompt=consent, Google wants"
+                " access_type=offline, Auth0 and Entra ID want the offline_access scope (see"
+                " %s and %s)",
+                ConfigKeys.SCOPE,
+                ConfigKeys.AUTHORIZE_PARAMS,
+            )
+        # Nothing of the session before sign-in carries over into the signed-in one: a
+        # session id planted before it is worthless after it, and a token it held is marked
+        # logged out (a copy of the old cookie never refreshes it again).
+        if tokens.key in session:
+            state.rules.logout(session, self._request_state())
+        for key in (tokens.key, tokens.sid_key, tokens.user_key):
+            session.pop(key, None)
+        subject = claims.get("sub") if claims else None
+        token = self.login(token, subject=subject if isinstance(subject, str) else None)
+        if claims:
+            session[tokens.user_key] = user_claims(claims)
+        self._regenerate()
+        user_signed_in.send(
+            current_app._get_current_object(),  # type: ignore[attr-defined]
+            token=token,
+            claims=self.user,
+        )
+        return token
+
+    def _userinfo(
+        self, state: _AppState, token: Token, claims: dict[str, Any]
+    ) -> dict[str, Any]:
+        url = state.discovery.endpoints().userinfo_url
+        if not url:
+            log.warning(
+                "%s is on but the provider's userinfo endpoint is unknown (set %s)",
+                ConfigKeys.FETCH_USERINFO,
+                ConfigKeys.USERINFO_URL,
+            )
+            return {}
+        try:
+            info = fetch_userinfo(
+                url, str(token["access_token"]), timeout=state.settings.provider_timeout
+            )
+        except (requests.RequestException, ValueError, RecursionError) as exc:
+            log.warning("the userinfo request failed (%s); signing in without it", exc)
+            return {}
+        if "sub" in claims and info.get("sub") != claims["sub"]:
+            log.warning("the userinfo answer names another subject; ignored")
+            return {}
+        return info
+
+    @staticmethod
+    def _regenerate() -> None:
+        """A new session id: Flask-Session's ``regenerate`` where the interface has it.
+
+        Flask's cookie session has no server-side id; there the extension's own id (which its
+        seals are bound to) was replaced above.
+        """
+        regenerate = getattr(current_app.session_interface, "regenerate", None)
+        if callable(regenerate) and session:
+            regenerate(session)
+
+    def endpoints(self) -> Endpoints:
+        """The provider's endpoints: the configured ones, completed by discovery (fetched on
+        first use). Raises :class:`ConfigurationError` when the metadata cannot be had."""
+        return self._state().discovery.endpoints()
+
+    @property
+    def user(self) -> dict[str, Any] | None:
+        """The signed-in user's claims (ID token, merged with userinfo where configured), or
+        None when nobody is signed in. Read from the session: no token opened, no I/O."""
+        state = self._state()
+        if not self._has_cookie(state):
+            return None
+        tokens = state.rules.tokens
+        claims = session.get(tokens.user_key)
+        if tokens.key not in session or not isinstance(claims, dict):
+            return None
+        return claims
+
+    def next_url(self, default: str = "/") -> str:
+        """Where to go after sign-in: the ``next`` path the sign-in started with (a path on
+        this host, checked), else this request's own ``next`` if safe, else ``default``."""
+        kept = g.get(_G_NEXT)
+        if isinstance(kept, str):
+            return kept
+        return safe_next(request.args.get("next")) or default
 
     def login(self, token: Token, subject: str | None = None) -> Token:
         """Sign the session in with ``token`` (after a code exchange of your own, say).
@@ -368,8 +515,69 @@ class TokenGuard:
         return self._state().rules.logout_all(subject)
 
     def logout(self) -> None:
-        """Remove the token; a refresh still in flight elsewhere will not bring it back."""
-        self._state().rules.logout(session, self._request_state())
+        """Sign out: remove the token (a refresh still in flight elsewhere will not bring it
+        back), end the grant at the provider (RFC 7009, where it has a revocation endpoint),
+        and regenerate the session."""
+        self._logout()
+
+    def logout_redirect(
+        self, post_logout_redirect_uri: str | None = None, state: str | None = None
+    ) -> BaseResponse:
+        """Sign out here, then at the provider (OpenID Connect RP-initiated logout).
+
+        Redirects to the provider's ``end_session_endpoint`` with ``id_token_hint``,
+        ``client_id``, ``post_logout_redirect_uri`` and ``state``; without one, straight to
+        ``post_logout_redirect_uri`` (or ``/``).
+        """
+        app_state = self._state()
+        token = self._logout()
+        try:
+            end_session = app_state.discovery.endpoints().end_session_url
+        except ConfigurationError as exc:
+            log.warning("RP-initiated logout skipped: %s", exc)
+            end_session = None
+        if not end_session:
+            return redirect(post_logout_redirect_uri or "/")
+        params = {"client_id": app_state.settings.client_id}
+        id_token = token.get("id_token") if token is not None else None
+        if isinstance(id_token, str) and id_token:
+            params["id_token_hint"] = id_token
+        if post_logout_redirect_uri:
+            params["post_logout_redirect_uri"] = post_logout_redirect_uri
+        if state:
+            params["state"] = state
+        separator = "&" if "?" in end_session else "?"
+        return redirect(f"{end_session}{separator}{urlencode(params)}")
+
+    def _logout(self) -> Token | None:
+        state = self._state()
+        token = state.rules.logout(session, self._request_state())
+        tokens = state.rules.tokens
+        for key in (tokens.sid_key, tokens.user_key):
+            session.pop(key, None)
+        if token is not None:
+            self._revoke_at_provider(state, token)
+        self._regenerate()
+        return token
+
+    @staticmethod
+    def _revoke_at_provider(state: _AppState, token: Token) -> None:
+        try:
+            url = state.settings.revocation_url or state.discovery.endpoints().revocation_url
+        except ConfigurationError as exc:
+            log.warning("the tokens were not revoked at the provider: %s", exc)
+            return
+        if not url:
+            return
+        pairs = [
+            (str(token[name]), hint)
+            for name, hint in (
+                ("refresh_token", "refresh_token"),
+                ("access_token", "access_token"),
+            )
+            if token.get(name)
+        ]
+        revoke_tokens(url, pairs, state.credentials, timeout=state.settings.provider_timeout)
 
     # -- the request cycle -----------------------------------------------------------------
 

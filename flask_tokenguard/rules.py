@@ -212,8 +212,11 @@ class TokenRules:
         state.initial_refresh_token = token.get("refresh_token")
         return token
 
-    def logout(self, session: Session, state: RequestState) -> None:
-        """Remove the token; a refresh still in flight elsewhere will not bring it back."""
+    def logout(self, session: Session, state: RequestState) -> Token | None:
+        """Remove the token; a refresh still in flight elsewhere will not bring it back.
+
+        Returns the token removed (to end the grant at the provider), if it opened.
+        """
         try:
             record = self.tokens.peek(session)
         except TokenError:
@@ -231,6 +234,7 @@ class TokenRules:
             log.warning("the token record could not be deleted (%s); it expires on its own", exc)
         state.record = state.token = state.initial_refresh_token = None
         state.checked = True
+        return token
 
     def needs_guard(self, state: RequestState) -> bool:
         """Whether :meth:`guard` must run for this response: only where the session carries
@@ -269,7 +273,7 @@ class TokenRules:
         if any(self.coordinator.is_revoked(rt) for rt in candidates):
             self.tokens.clear(session)
             return
-        newest = self.coordinator.newest(current)
+        newest = self.coordinator.newest(current, token)
         if newest is not None and newest.get("refresh_token") != current:
             self.tokens.save(session, newest, previous=state.record)
 

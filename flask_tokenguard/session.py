@@ -56,6 +56,8 @@ class SessionTokens:
     def __init__(self, key: str, sealer: Sealer, keys: KeyNames, leeway: float) -> None:
         self.key = key
         self.sid_key = f"{key}_sid"
+        #: the signed-in user's claims (``guard.user``): no secret, never a token
+        self.user_key = f"{key}_user"
         self.sealer = sealer
         self.keys = keys
         self.leeway = leeway
@@ -115,9 +117,10 @@ class SessionTokens:
         return record._replace(box=box)
 
     def clear(self, session: MutableMapping[str, Any]) -> None:
-        if self.key in session:
-            del session[self.key]
-            mark_modified(session)
+        for key in (self.key, self.user_key):
+            if key in session:
+                del session[key]
+                mark_modified(session)
 
     def _aad(self, session: MutableMapping[str, Any], record: Record) -> bytes:
         sid = session.get(self.sid_key)

@@ -57,6 +57,10 @@ class TicketTokens:
         lifetime: float,
     ) -> None:
         self.key = key
+        #: kept beside the ticket: the signed-in user's claims, and (with sessions that hold
+        #: tokens) a seal id; cleared with it
+        self.sid_key = f"{key}_sid"
+        self.user_key = f"{key}_user"
         self.store = store
         self.keys = keys
         self.secrets = [s.encode("utf-8") if isinstance(s, str) else s for s in secrets]
@@ -164,6 +168,7 @@ class TicketTokens:
         except TokenError:
             ticket_id = None
         del session[self.key]
+        session.pop(self.user_key, None)
         mark_modified(session)
         if ticket_id is not None:
             self.store.forget(self.keys.ticket(ticket_id))
