@@ -43,12 +43,13 @@ from .coordinator import Coordinator, Policy
 from .discovery import Discovery, Endpoints
 from .errors import (
     ConfigurationError,
+    IdTokenError,
     RefreshError,
     StoreError,
     StoreUnavailable,
     TokenGuardError,
 )
-from .idtoken import IdTokens, user_claims
+from .idtoken import LOGOUT_TOKEN_MAX_AGE, IdTokens, user_claims
 from .keys import KeyNames
 from .login import LoginFlow, SignIn, safe_next
 from .logs import install_redaction
@@ -74,6 +75,12 @@ _G_NEXT = "_tokenguard_next"
 #: What clients are told; details (hosts, provider error text) go to the log only.
 UNAUTHORIZED_MESSAGE = "sign-in required"
 UNAVAILABLE_MESSAGE = "the sign-in could not be renewed just now; try again shortly"
+
+
+def _exempt(view: F) -> F:
+    """Mark a view the ``before_request`` hook skips (as ``guard.exempt`` does)."""
+    setattr(view, _EXEMPT_ATTR, True)
+    return view
 
 
 @dataclass(eq=False)
@@ -302,7 +309,7 @@ class TokenGuard:
         if isinstance(obj, Blueprint):
             self._exempt_blueprints.add(obj.name)
         else:
-            setattr(obj, _EXEMPT_ATTR, True)
+            _exempt(obj)
         return obj
 
     def token_required(self, view: F) -> F:
@@ -425,8 +432,14 @@ class TokenGuard:
             state.rules.logout(session, self._request_state())
         for key in (tokens.key, tokens.sid_key, tokens.user_key):
             session.pop(key, None)
-        subject = claims.get("sub") if claims else None
-        token = self.login(token, subject=subject if isinstance(subject, str) else None)
+        subject, sid = (claims.get("sub"), claims.get("sid")) if claims else (None, None)
+        token = state.rules.login(
+            session,
+            self._request_state(),
+            token,
+            subject if isinstance(subject, str) else None,
+            sid if isinstance(sid, str) else None,
+        )
         if claims:
             session[tokens.user_key] = user_claims(claims)
         self._regenerate()
@@ -513,6 +526,57 @@ class TokenGuard:
         unauthorized answer at its next protected request (needs token storage ``"store"``).
         """
         return self._state().rules.logout_all(subject)
+
+    @_exempt
+    def backchannel_logout(self) -> ResponseReturnValue:
+        """The view an OpenID Provider POSTs logout tokens to (Back-Channel Logout 1.0).
+
+        Register it on a path you give the provider as the client's
+        ``backchannel_logout_uri``::
+
+            app.add_url_rule("/backchannel-logout", view_func=guard.backchannel_logout,
+                             methods=["POST"])
+
+        The logout token is validated (signature, ``iss``, ``aud``, ``iat``, the logout event,
+        ``sid`` or ``sub``, no ``nonce``, a ``jti`` not seen before); then the sessions it names
+        (by ``sid``, else every session of the ``sub``) lose their tokens at once. 200 on
+        success, 400 for a token that does not validate (the reason goes to the log), 501 with
+        ``TOKENGUARD_TOKEN_STORAGE = "session"`` (the tokens travel in the sessions).
+        """
+        state = self._state()
+        headers = {"Cache-Control": "no-store"}
+        id_tokens = state.login.id_tokens
+        if id_tokens is None or state.settings.token_storage != "store":  # noqa: S105
+            log.error(
+                "a back-channel logout arrived, but it needs ID token validation (%s) and"
+                " tokens kept in the store (%s = 'store')",
+                ConfigKeys.SERVER_METADATA_URL,
+                ConfigKeys.TOKEN_STORAGE,
+            )
+            return jsonify(error="not_implemented"), 501, headers
+        try:
+            claims = id_tokens.validate_logout_token(request.form.get("logout_token"))
+            fresh = state.store.swap(
+                state.rules.tokens.keys.logout_token(claims["jti"]),
+                None,
+                "used",
+                LOGOUT_TOKEN_MAX_AGE * 2,
+            )
+            if not fresh:
+                raise IdTokenError("the logout token was used before")
+            sid, sub = claims.get("sid"), claims.get("sub")
+            if isinstance(sid, str) and sid:
+                ended = state.rules.logout_provider_session(sid)
+            else:
+                ended = state.rules.logout_all(str(sub))
+        except (IdTokenError, ConfigurationError) as exc:
+            log.warning("a back-channel logout was refused: %s", exc)
+            return jsonify(error="invalid_request"), 400, headers
+        except StoreError as exc:
+            log.error("a back-channel logout could not be carried out: %s", exc)
+            return jsonify(error="temporarily_unavailable"), 503, headers
+        log.info("back-channel logout: %d session(s) ended", ended)
+        return "", 200, headers
 
     def logout(self) -> None:
         """Sign out: remove the token (a refresh still in flight elsewhere will not bring it

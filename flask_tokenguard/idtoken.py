@@ -45,6 +45,10 @@ MAX_JWKS_BYTES = 256 * 1024
 _PROTOCOL_CLAIMS = frozenset({"nonce", "at_hash", "c_hash", "s_hash"})
 #: A claim whose JSON is longer than this is left out of ``guard.user`` (the session stays small).
 MAX_CLAIM_CHARS = 1024
+#: The event a back-channel logout token carries (OpenID Connect Back-Channel Logout 1.0, 2.4).
+BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+#: The oldest logout token accepted (its ``iat``), in seconds.
+LOGOUT_TOKEN_MAX_AGE = 300.0
 
 
 class IdTokens:
@@ -132,6 +136,48 @@ class IdTokens:
                 got.encode("utf-8"), nonce.encode("utf-8")
             ):
                 raise IdTokenError("the ID token's nonce is not the sign-in's")
+
+    def validate_logout_token(self, logout_token: Any) -> dict[str, Any]:
+        """The claims of a valid back-channel logout token; raises :class:`IdTokenError`.
+
+        OpenID Connect Back-Channel Logout 1.0, 2.6: the signature, ``iss``, ``aud``, ``iat``
+        (recent, not in the future), the logout event, a ``sid`` or a ``sub``, a ``jti``, and no
+        ``nonce``. Whether the ``jti`` was seen before is the caller's to check.
+        """
+        if (
+            not isinstance(logout_token, str)
+            or not logout_token
+            or len(logout_token) > MAX_ID_TOKEN_CHARS
+        ):
+            raise IdTokenError("the logout token is missing or malformed")
+        claims = dict(self._decode(logout_token).claims)
+        issuer = self.discovery.endpoints().issuer
+        if not issuer or claims.get("iss") != issuer:
+            raise IdTokenError("the logout token was issued by another issuer")
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if self.client_id not in audiences:
+            raise IdTokenError("the logout token is meant for another client")
+        now = time.time()
+        iat, exp = _number(claims.get("iat")), _number(claims.get("exp"))
+        if iat is None or iat > now + self.skew or iat < now - LOGOUT_TOKEN_MAX_AGE - self.skew:
+            raise IdTokenError("the logout token is not recent")
+        if exp is not None and now >= exp + self.skew:
+            raise IdTokenError("the logout token has expired")
+        events = claims.get("events")
+        if not isinstance(events, dict) or not isinstance(
+            events.get(BACKCHANNEL_LOGOUT_EVENT), dict
+        ):
+            raise IdTokenError("the logout token carries no back-channel logout event")
+        if "nonce" in claims:
+            raise IdTokenError("a logout token never carries a nonce")
+        sid, sub = claims.get("sid"), claims.get("sub")
+        if not (isinstance(sid, str) and sid) and not (isinstance(sub, str) and sub):
+            raise IdTokenError("the logout token names neither a session nor a subject")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise IdTokenError("the logout token has no jti")
+        return claims
 
     # -- the refresh hook ------------------------------------------------------------------
 

@@ -197,15 +197,21 @@ class TokenRules:
     # -- writing ---------------------------------------------------------------------------
 
     def login(
-        self, session: Session, state: RequestState, reply: Any, subject: str | None = None
+        self,
+        session: Session,
+        state: RequestState,
+        reply: Any,
+        subject: str | None = None,
+        sid: str | None = None,
     ) -> Token:
         """Make ``reply`` (a token from a sign-in) the session's token; raises TokenError.
 
-        ``subject`` (the user's id at the provider) lets ``logout_all`` find the session.
+        ``subject`` (the user's id at the provider) lets ``logout_all`` find the session, and
+        ``sid`` (the session at the provider) a back-channel logout.
         """
         token = accept(reply)
         self.tokens.clear(session)  # a new sign-in starts a new record
-        state.record = self.tokens.save(session, token, subject=subject)
+        state.record = self.tokens.save(session, token, subject=subject, sid=sid)
         state.token = token
         state.error = None
         state.checked = True
@@ -298,12 +304,19 @@ class TokenRules:
 
     def logout_all(self, subject: str) -> int:
         """End every session of ``subject``; how many there were (store storage only)."""
+        return self._tickets().logout_all(subject)
+
+    def logout_provider_session(self, sid: str) -> int:
+        """End the sessions signed in through one session at the provider (store storage)."""
+        return self._tickets().logout_provider_session(sid)
+
+    def _tickets(self) -> TicketTokens:
         if not isinstance(self.tokens, TicketTokens):
             raise ConfigurationError(
-                "signing out everywhere needs TOKENGUARD_TOKEN_STORAGE = 'store': with 'session'"
-                " the tokens travel in the sessions themselves"
+                "ending sessions from elsewhere needs TOKENGUARD_TOKEN_STORAGE = 'store': with"
+                " 'session' the tokens travel in the sessions themselves"
             )
-        return self.tokens.logout_all(subject)
+        return self.tokens
 
     def _drop(self, session: Session, state: RequestState, error: TokenGuardError) -> None:
         if isinstance(error, TokenError):

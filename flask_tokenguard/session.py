@@ -90,6 +90,7 @@ class SessionTokens:
         state: TokenState = TokenState.OK,
         previous: Record | None = None,
         subject: str | None = None,
+        sid: str | None = None,
     ) -> Record:
         refresh = token.get("refresh_token")
         sid = session.get(self.sid_key)

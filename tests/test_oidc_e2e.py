@@ -27,12 +27,16 @@ pytestmark = pytest.mark.slow
 CONSENT = {"prompt": "consent"}
 
 
-def sign_in(oidc: Any, base: str) -> requests.Session:
-    """The user's browser: /login, the provider's login and consent pages, the callback."""
+def sign_in(oidc: Any, base: str, browser: requests.Session | None = None) -> requests.Session:
+    """The user's browser: /login, the provider's login and consent pages, the callback.
+
+    ``browser``: the session that keeps the provider's cookies (for a logout there later).
+    """
     http = requests.Session()
     to_provider = http.get(f"{base}/login", allow_redirects=False, timeout=10)
     assert to_provider.status_code == 302
-    with requests.Session() as at_provider:
+    with requests.Session() as fresh:
+        at_provider = browser if browser is not None else fresh
         callback = oidc.login(at_provider, to_provider.headers["Location"], username="carol")
     reply = http.get(callback, timeout=10)
     assert reply.status_code == 200, reply.text
