@@ -283,7 +283,8 @@ def test_a_session_id_planted_before_sign_in_is_worthless_after(
 
 
 def test_the_cookie_sessions_id_is_rotated_at_sign_in(provider, tmp_path):
-    app = oidc_app(provider, tmp_path)
+    """Tokens in the session: the id its seals are bound to is replaced."""
+    app = oidc_app(provider, tmp_path, TOKENGUARD_TOKEN_STORAGE="session")
     client = app.test_client()
     sid_key = app.extensions["tokenguard"].rules.tokens.sid_key
     with client.session_transaction() as session:
@@ -293,6 +294,22 @@ def test_the_cookie_sessions_id_is_rotated_at_sign_in(provider, tmp_path):
     assert client.get(f"{back.path}?{back.query}").status_code == 200
     with client.session_transaction() as session:
         assert session[sid_key] != "planted"
+
+
+def test_a_planted_ticket_is_replaced_at_sign_in(provider, tmp_path):
+    """Tokens in the store: a ticket planted before sign-in names no record after it."""
+    app = oidc_app(provider, tmp_path)
+    client = app.test_client()
+    key = app.extensions["tokenguard"].rules.tokens.key
+    planted = {"v": 3, "id": "planted-id", "k": "A" * 43, "exp": None, "due": None, "st": "ok"}
+    with client.session_transaction() as session:
+        session[key] = planted
+    location = client.get("/login").headers["Location"]
+    back = urlsplit(at_provider(location))
+    assert client.get(f"{back.path}?{back.query}").status_code == 200
+    with client.session_transaction() as session:
+        assert session[key]["id"] != "planted-id" and session[key]["k"] != planted["k"]
+    assert client.get("/api/profile").status_code == 200
 
 
 # -- next ---------------------------------------------------------------------------------------
