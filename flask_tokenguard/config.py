@@ -56,6 +56,7 @@ class ConfigKeys:
     ID_TOKEN_ALGORITHMS = "TOKENGUARD_ID_TOKEN_ALGORITHMS"  # noqa: S105
     AUTHORIZE_PARAMS = "TOKENGUARD_AUTHORIZE_PARAMS"
     FETCH_USERINFO = "TOKENGUARD_FETCH_USERINFO"
+    GRANT_STORE_URL = "TOKENGUARD_GRANT_STORE_URL"
 
 
 K = ConfigKeys
@@ -97,6 +98,7 @@ DEFAULTS: Mapping[str, Any] = {
     K.ID_TOKEN_ALGORITHMS: ("RS256", "PS256", "ES256"),
     K.AUTHORIZE_PARAMS: None,
     K.FETCH_USERINFO: False,
+    K.GRANT_STORE_URL: None,
 }
 
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
@@ -169,6 +171,8 @@ class Settings:
     id_token_algorithms: tuple[str, ...] = DEFAULTS[K.ID_TOKEN_ALGORITHMS]
     authorize_params: tuple[tuple[str, str], ...] = ()
     fetch_userinfo: bool = False
+    #: an SQLAlchemy URL, an Engine, or a callable returning one (may hold a password)
+    grant_store_url: Any = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -250,6 +254,7 @@ class Settings:
             id_token_algorithms=_algorithms(config),
             authorize_params=_authorize_params(config),
             fetch_userinfo=_bool(config, K.FETCH_USERINFO),
+            grant_store_url=_grant_store(config),
         )
 
 
@@ -385,6 +390,26 @@ def _sequence(config: Mapping[str, Any], key: str) -> tuple[Any, ...]:
     if isinstance(value, Iterable):
         return tuple(value)
     raise ConfigurationError(f"{key} must be a list")
+
+
+def _grant_store(config: Mapping[str, Any]) -> Any:
+    """A URL (``scheme://...``), an SQLAlchemy Engine, or a callable returning one; or None."""
+    value = config.get(K.GRANT_STORE_URL)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        if "://" not in value:
+            raise ConfigurationError(
+                f"{K.GRANT_STORE_URL} must be an SQLAlchemy URL such as"
+                " postgresql://user@host/db or sqlite:////abs/path.db"
+            )
+        return value
+    if callable(value) or hasattr(value, "dialect"):
+        return value
+    raise ConfigurationError(
+        f"{K.GRANT_STORE_URL} must be a URL, an SQLAlchemy Engine or a callable returning one,"
+        f" not {type(value).__name__}"
+    )
 
 
 def _scope(config: Mapping[str, Any]) -> tuple[str, ...] | None:

@@ -10,6 +10,10 @@ For one refresh token, per process, a single flight elects a leader thread. The 
 4. losers wait for that outcome, bounded by their deadline, and adopt it; a claim that
    vanishes unsent is taken over, one that vanishes sent is an ambiguous outcome.
 
+The provider call is a :class:`Grant`: a refresh (:meth:`Coordinator.refresh`), or any other
+request to the token endpoint that must happen once everywhere, such as the app's own
+client-credentials token (:meth:`Coordinator.run`).
+
 Nothing here knows about Flask.
 """
 
@@ -22,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .config import DEFAULTS, TRANSIENT_TTL_CAP, Settings
@@ -114,6 +118,37 @@ class Policy:
         return None
 
 
+@dataclass(frozen=True)
+class Grant:
+    """One request to the token endpoint that the protocol makes happen once everywhere.
+
+    ``key`` names the flight, the claim and the published outcome (it never reaches the store
+    in clear: names are digests); ``send(timeout)`` makes the call and returns the token or
+    raises a classified :class:`RefreshError`.
+    """
+
+    key: str
+    send: Callable[[float], Token] = field(repr=False)
+    #: follow published successors through ``refresh_token`` (a rotating refresh chain)
+    follow: bool = True
+    #: the call consumes nothing (no refresh token is rotated), so an ambiguous outcome is
+    #: harmless: it is published as a transient failure, held briefly, then tried again
+    idempotent: bool = False
+
+    def settle(self, error: RefreshError) -> RefreshError:
+        """The failure as published: for an idempotent grant, an ambiguous outcome is transient
+        and ``invalid_grant`` is the client's configuration (there is no user to sign in)."""
+        if self.idempotent and isinstance(error, OutcomeUnknown):
+            return ProviderUnavailable(
+                f"{error.message}; nothing is consumed by this grant, so it is tried again",
+                status=error.status,
+                error=error.error,
+            )
+        if self.idempotent and isinstance(error, InvalidGrant):
+            return ProviderError(error.message, status=error.status, error=error.error)
+        return error
+
+
 class _ProviderCall:
     """One call to the token endpoint, run in its own thread so the leader can stop waiting.
 
@@ -122,19 +157,11 @@ class _ProviderCall:
     """
 
     def __init__(
-        self,
-        coordinator: Coordinator,
-        store: Store,
-        refresh_token: str,
-        *,
-        defer: bool = False,
-        previous: Token | None = None,
+        self, coordinator: Coordinator, store: Store, grant: Grant, *, defer: bool = False
     ) -> None:
         self.coordinator = coordinator
         self.store = store
-        self.refresh_token = refresh_token
-        #: the token being refreshed, for the vetter
-        self.previous = previous
+        self.grant = grant
         #: leave an ambiguous outcome unpublished: the leader may retry inside the grace window
         self.defer = defer
         self.lock = threading.Lock()
@@ -148,15 +175,14 @@ class _ProviderCall:
             # Each read may take the provider timeout even when the leader's own deadline is
             # shorter: an answer that lands after the leader gave up is still published.
             timeout = self.coordinator.policy.provider_timeout
-            outcome = self.coordinator.client.refresh(self.refresh_token, timeout)
-            vetter = self.coordinator.vetter
-            if vetter is not None and self.previous is not None:
-                outcome = vetter.vet(self.previous, outcome)
+            outcome = self.grant.send(timeout)
         except RefreshError as exc:
-            outcome = exc
+            outcome = self.grant.settle(exc)
         except Exception as exc:  # never let a bug leave waiters hanging
             log.exception("refresh failed unexpectedly")
-            outcome = OutcomeUnknown(f"refresh failed unexpectedly ({type(exc).__name__})")
+            outcome = self.grant.settle(
+                OutcomeUnknown(f"refresh failed unexpectedly ({type(exc).__name__})")
+            )
         with self.lock:
             self.outcome = outcome
             if self.abandoned and isinstance(outcome, RefreshError):
@@ -164,7 +190,7 @@ class _ProviderCall:
             elif self.defer and isinstance(outcome, OutcomeUnknown) and not self.abandoned:
                 pass  # the leader decides: retry inside the provider's grace, or publish
             else:
-                self.coordinator._publish(self.store, self.refresh_token, outcome)
+                self.coordinator._publish(self.store, self.grant.key, outcome)
                 if self.abandoned:
                     log.info("a refresh that outlived its deadline succeeded; result published")
         self.done.set()
@@ -209,18 +235,36 @@ class Coordinator:
         refresh_token = token.get("refresh_token")
         if not isinstance(refresh_token, str) or not refresh_token:
             raise InvalidGrant("the token has no refresh token")
+        vetter = self.vetter
+
+        def send(timeout: float) -> Token:
+            new = self.client.refresh(refresh_token, timeout)
+            # Checked in the leader, before the outcome is published: every waiter, in every
+            # process, gets the same verdict (an ID token naming another user fails for all).
+            return new if vetter is None else vetter.vet(token, new)
+
+        new, called = self.run(Grant(refresh_token, send), deadline, on_outcome)
+        if not called and vetter is not None:
+            vetter.check_adopted(token, new)
+        return new, called
+
+    def run(
+        self, grant: Grant, deadline: Deadline, on_outcome: OutcomeCallback | None = None
+    ) -> tuple[Token, bool]:
+        """The outcome of ``grant``, called once across threads, processes and hosts.
+
+        The token, and whether this call made the request; raises like :meth:`refresh`.
+        """
         try:
             (new, called), led = self.flights.run(
-                self.keys.flight(refresh_token),
-                lambda: self._lead(refresh_token, deadline, on_outcome, token),
+                self.keys.flight(grant.key),
+                lambda: self._lead(grant, deadline, on_outcome),
                 deadline.remaining(),
             )
         except FlightTimeout:
             raise RefreshTimeout(
                 "timed out waiting for a refresh in progress", retry_after=self.policy.retry_after
             ) from None
-        if not called and self.vetter is not None:
-            self.vetter.check_adopted(token, new)
         return new, called and led
 
     def newest(self, refresh_token: str, previous: Token | None = None) -> Token | None:
@@ -283,14 +327,10 @@ class Coordinator:
         return [self.store, self._local] if self._outage else [self.store]
 
     def _lead(
-        self,
-        refresh_token: str,
-        deadline: Deadline,
-        on_outcome: OutcomeCallback | None,
-        previous: Token | None = None,
+        self, grant: Grant, deadline: Deadline, on_outcome: OutcomeCallback | None
     ) -> tuple[Token, bool]:
         try:
-            result = self._protocol(self.store, refresh_token, deadline, on_outcome, previous)
+            result = self._protocol(self.store, grant, deadline, on_outcome)
         except StoreError:
             if self.policy.store_fallback != "process":
                 raise
@@ -302,7 +342,7 @@ class Coordinator:
                     "shared store unreachable: falling back to single flight in this process"
                     " (TOKENGUARD_STORE_FALLBACK=process); other processes are not coordinated"
                 )
-            return self._protocol(self._local, refresh_token, deadline, on_outcome, previous)
+            return self._protocol(self._local, grant, deadline, on_outcome)
         if self._outage:
             with self._state_lock:
                 self._outage = False
@@ -312,16 +352,16 @@ class Coordinator:
     def _protocol(
         self,
         store: Store,
-        refresh_token: str,
+        grant: Grant,
         deadline: Deadline,
         on_outcome: OutcomeCallback | None,
-        previous: Token | None = None,
     ) -> tuple[Token, bool]:
+        refresh_token = grant.key
         claim_key = self.keys.claim(refresh_token)
-        if self._revoked_in(store, refresh_token):
+        if grant.follow and self._revoked_in(store, refresh_token):
             # Signed out: checked before any claim or provider call.
             raise InvalidGrant("signed out: this refresh token is not used again")
-        found = self._adopt(store, refresh_token)
+        found = self._adopt(store, refresh_token, follow=grant.follow)
         if found is not None:
             return found, False
         while True:
@@ -333,7 +373,7 @@ class Coordinator:
             )
             if won:
                 try:
-                    found = self._adopt(store, refresh_token)
+                    found = self._adopt(store, refresh_token, follow=grant.follow)
                     if found is not None:
                         return found, False
                     if (
@@ -342,22 +382,23 @@ class Coordinator:
                     ):
                         raise self._fail(
                             store,
-                            refresh_token,
+                            grant,
                             OutcomeUnknown("an earlier refresh with this token never finished"),
                         )
                     if not self._mark_sent(store, claim_key, owner):
                         continue  # the claim expired under us: start over
-                    return self._call(store, refresh_token, deadline, on_outcome, previous), True
+                    return self._call(store, grant, deadline, on_outcome), True
                 finally:
                     self._release(store, claim_key, owner)
-            found = self._await(store, refresh_token, claim_key, deadline)
+            found = self._await(store, grant, claim_key, deadline)
             if found is not None:
                 return found, False
             # The claim vanished unsent and without a result: its owner died. Take over.
 
     def _await(
-        self, store: Store, refresh_token: str, claim_key: str, deadline: Deadline
+        self, store: Store, grant: Grant, claim_key: str, deadline: Deadline
     ) -> Token | None:
+        refresh_token = grant.key
         result_key = self.keys.result(refresh_token)
         idle = 0.005
         while True:
@@ -369,7 +410,7 @@ class Coordinator:
                 )
             text = store.wait_for(result_key, min(remaining, 0.5))
             if text is not None:
-                found = self._adopt(store, refresh_token, text)
+                found = self._adopt(store, refresh_token, text, follow=grant.follow)
                 if found is not None:
                     return found
                 # A settled retryable failure sits there: poll gently until it is replaced.
@@ -378,13 +419,13 @@ class Coordinator:
             info = store.read_claim(claim_key)
             if info.owner is not None or self._claims_uncertain(store):
                 continue
-            found = self._adopt(store, refresh_token)
+            found = self._adopt(store, refresh_token, follow=grant.follow)
             if found is not None:
                 return found
             if info.sent_by is not None and self._record(store, refresh_token) is None:
                 raise self._fail(
                     store,
-                    refresh_token,
+                    grant,
                     OutcomeUnknown("the process that sent this refresh ended without a result"),
                 )
             return None
@@ -392,10 +433,9 @@ class Coordinator:
     def _call(
         self,
         store: Store,
-        refresh_token: str,
+        grant: Grant,
         deadline: Deadline,
         on_outcome: OutcomeCallback | None,
-        previous: Token | None = None,
     ) -> Token:
         started = time.monotonic()
         grace = self.policy.provider_grace
@@ -403,16 +443,16 @@ class Coordinator:
         for attempt in range(attempts):
             budget = deadline.cap(self.policy.provider_timeout)
             may_retry = attempt + 1 < attempts
-            call = _ProviderCall(self, store, refresh_token, defer=may_retry, previous=previous)
+            call = _ProviderCall(self, store, grant, defer=may_retry)
             threading.Thread(target=call.run, name="tokenguard-refresh", daemon=True).start()
             call.done.wait(budget)
             with call.lock:
                 if call.outcome is None:
                     call.abandoned = True
-                    error = OutcomeUnknown(
-                        f"the token endpoint did not answer within {budget:.1f}s"
+                    error = grant.settle(
+                        OutcomeUnknown(f"the token endpoint did not answer within {budget:.1f}s")
                     )
-                    self._publish(store, refresh_token, error)
+                    self._publish(store, grant.key, error)
                     outcome: Token | RefreshError = error
                     break  # never resend while the first request may still be in flight
                 outcome = call.outcome
@@ -425,7 +465,7 @@ class Coordinator:
                     grace,
                 )
                 continue
-            self._publish(store, refresh_token, outcome)
+            self._publish(store, grant.key, outcome)
             break
         if on_outcome is not None:
             try:
@@ -441,10 +481,13 @@ class Coordinator:
 
     # -- records -----------------------------------------------------------------------------
 
-    def _adopt(self, store: Store, refresh_token: str, text: str | None = None) -> Token | None:
+    def _adopt(
+        self, store: Store, refresh_token: str, text: str | None = None, *, follow: bool = True
+    ) -> Token | None:
         """Follow published successors from ``refresh_token`` to the newest; raise a failure.
 
         ``text``: the entry under ``refresh_token``'s result key, when the caller just read it.
+        ``follow``: False for a grant whose result has no successors to chase.
         """
         newest: Token | None = None
         current = refresh_token
@@ -466,7 +509,7 @@ class Coordinator:
                 log.warning("ignoring a published result without a usable token")
                 break
             following = newest.get("refresh_token")
-            if not isinstance(following, str) or following == current:
+            if not follow or not isinstance(following, str) or following == current:
                 break  # a provider that does not rotate
             if self._revoked_in(store, following):
                 raise InvalidGrant("signed out: the successor of this token was logged out")
@@ -501,8 +544,9 @@ class Coordinator:
             text = store.read(key)
         return self.codec.decode(key, text) if text is not None else None
 
-    def _fail(self, store: Store, refresh_token: str, error: RefreshError) -> RefreshError:
-        self._publish(store, refresh_token, error)
+    def _fail(self, store: Store, grant: Grant, error: RefreshError) -> RefreshError:
+        error = grant.settle(error)
+        self._publish(store, grant.key, error)
         return error
 
     def _mark_sent(self, store: Store, claim_key: str, owner: str) -> bool:

@@ -17,9 +17,10 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlencode
 
 import requests
@@ -38,6 +39,9 @@ from flask.typing import ResponseReturnValue
 from werkzeug.routing import BuildError
 from werkzeug.wrappers import Response as BaseResponse
 
+from .apptoken import AppTokens
+from .bearer import BearerSession
+from .cli import tokenguard_cli
 from .config import DEFAULTS, ConfigKeys, Settings, check_secret, unknown_keys
 from .coordinator import Coordinator, Policy
 from .discovery import Discovery, Endpoints
@@ -64,6 +68,9 @@ from .stores.uri import store_from_uri
 from .tickets import TicketTokens
 from .token import Token
 
+if TYPE_CHECKING:
+    from .grants import GrantStore
+
 log = logging.getLogger("flask_tokenguard")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,6 +78,7 @@ EXTENSION_KEY = "tokenguard"
 _G = "_tokenguard"
 _EXEMPT_ATTR = "_tokenguard_exempt"
 _G_NEXT = "_tokenguard_next"
+_GRANT_STORE_LOCK = threading.Lock()
 
 #: What clients are told; details (hosts, provider error text) go to the log only.
 UNAUTHORIZED_MESSAGE = "sign-in required"
@@ -94,8 +102,11 @@ class _AppState:
     store: Store
     discovery: Discovery
     credentials: ClientCredentials
+    app_tokens: AppTokens
     #: endpoint -> whether the hook skips it (an endpoint's view and blueprints never change)
     exempt: dict[str | None, bool] = field(default_factory=dict)
+    #: opened on first use (``TokenGuard.grant_store``)
+    grant_store: GrantStore | None = None
 
     def __repr__(self) -> str:
         return f"<TokenGuard state client_id={self.settings.client_id!r} store={self.store!r}>"
@@ -155,15 +166,17 @@ class TokenGuard:
             )
         # A logout's tombstone lasts as long as a session can (a copied cookie included).
         session_lifetime = app.permanent_session_lifetime.total_seconds()
+        client = RefreshClient(
+            settings.token_url or discovery.token_url,
+            credentials,
+            default_retry_after=settings.retry_after,
+        )
+        codec = RecordCodec(Sealer(secrets, "store"))
         coordinator = Coordinator(
-            RefreshClient(
-                settings.token_url or discovery.token_url,
-                credentials,
-                default_retry_after=settings.retry_after,
-            ),
+            client,
             store,
             keys,
-            RecordCodec(Sealer(secrets, "store")),
+            codec,
             replace(
                 Policy.from_settings(settings),
                 revoked_ttl=max(settings.result_ttl, session_lifetime),
@@ -178,7 +191,7 @@ class TokenGuard:
                 keys,
                 secrets,
                 settings.leeway,
-                lifetime=app.permanent_session_lifetime.total_seconds(),
+                lifetime=session_lifetime,
             )
         else:
             tokens = SessionTokens(
@@ -200,12 +213,24 @@ class TokenGuard:
             store=store,
             discovery=discovery,
             credentials=credentials,
+            app_tokens=AppTokens(
+                coordinator,
+                client,
+                store,
+                keys,
+                codec,
+                leeway=settings.leeway,
+                wait_timeout=settings.wait_timeout,
+                min_renew_interval=settings.retry_after,
+                confidential=settings.client_auth != "none",
+            ),
         )
         install_redaction()
         self._check_store(store)
         # The hooks get this app's state bound in: no lookup through current_app per request.
         app.before_request(functools.partial(self._before_request, state))
         app.after_request(functools.partial(self._after_request, state))
+        app.cli.add_command(tokenguard_cli)
 
     @staticmethod
     def _secrets(app: Flask, settings: Settings) -> list[str | bytes]:
@@ -363,12 +388,45 @@ class TokenGuard:
         return request_state.error if isinstance(request_state, RequestState) else None
 
     def requests_session(self) -> requests.Session:
-        """A ``requests.Session`` that sends the current access token as a bearer token."""
+        """A ``requests.Session`` that sends the current access token as a bearer token.
+
+        A 401 from an API called through it refreshes the token once (:meth:`refresh_now`,
+        shared with every request that needs it) and retries the call once. Use it inside
+        the request that made it.
+        """
         token = self.token
-        http = requests.Session()
-        if token is not None:
-            http.headers["Authorization"] = f"Bearer {token['access_token']}"
-        return http
+        current = {"access_token": token["access_token"] if token is not None else None}
+
+        def renew(refused: str) -> str | None:
+            if current["access_token"] == refused:
+                new = self.refresh_now()
+                current["access_token"] = new["access_token"] if new is not None else None
+            return current["access_token"]
+
+        return BearerSession(lambda: current["access_token"], renew)
+
+    def client_token(self, scope: str | Sequence[str] | None = None) -> Token:
+        """The app's own token (client-credentials grant) for ``scope``, fresh.
+
+        Shared by every thread, worker and host through the store, sealed; fetched once
+        everywhere when it nears expiry. Needs an app context, not a request. Raises a
+        :class:`~flask_tokenguard.errors.RefreshError` when none can be had.
+        """
+        return self._state().app_tokens.get(scope)
+
+    def client_session(self, scope: str | Sequence[str] | None = None) -> requests.Session:
+        """A ``requests.Session`` that sends the app's own token (see :meth:`client_token`).
+
+        A 401 from an API called through it fetches a new app token once (shared by every
+        request that saw the same token refused) and retries the call once. Made in an app
+        context, it may then be used anywhere (a background thread, say).
+        """
+        app_tokens = self._state().app_tokens
+        scopes = scope if isinstance(scope, str) or scope is None else tuple(scope)
+        return BearerSession(
+            lambda: str(app_tokens.get(scopes)["access_token"]),
+            lambda refused: str(app_tokens.renew(scopes, refused)["access_token"]),
+        )
 
     def refresh_if_needed(self) -> RequestState:
         """Bring the session's token up to date, once per request (the hook calls this)."""
@@ -383,6 +441,29 @@ class TokenGuard:
         state = self._state()
         request_state = self._request_state()
         return state.rules.refresh_now(session, request_state, self._announcer())
+
+    def grant_store(self) -> GrantStore:
+        """The durable grant store of ``TOKENGUARD_GRANT_STORE_URL``, opened on first use.
+
+        Needs the ``sql`` extra (an ImportError names it) and an app context.
+        """
+        state = self._state()
+        with _GRANT_STORE_LOCK:
+            if state.grant_store is None:
+                target = state.settings.grant_store_url
+                if target is None:
+                    raise ConfigurationError(
+                        f"{ConfigKeys.GRANT_STORE_URL} is not set: the grant store needs a"
+                        " database (postgresql://... or sqlite:///...)"
+                    )
+                from .grants import open_grant_store
+
+                state.grant_store = open_grant_store(
+                    target,
+                    client_id=state.settings.client_id,
+                    sealing_secrets=self._secrets(current_app, state.settings),
+                )
+            return state.grant_store
 
     # -- sign-in and sign-out --------------------------------------------------------------
 

@@ -42,6 +42,15 @@ class KeyNames:
         """A logout's tombstone: a refresh that finishes later cannot bring the token back."""
         return f"{self.prefix}:revoked:{digest('revoked', self.client_id, refresh_token)}"
 
+    def app_token(self, scope: str) -> str:
+        """Where the app's own (client-credentials) token for ``scope`` is kept, sealed."""
+        return f"{self.prefix}:apptoken:{digest('apptoken', self.client_id, scope)}"
+
+    def app_grant(self, scope: str, seen: str) -> str:
+        """The flight of fetching the app's token for ``scope`` after ``seen`` (an access
+        token, or "" when none is known): everyone who saw the same token shares one fetch."""
+        return digest("client_credentials", self.client_id, scope, seen)
+
     def fingerprint(self, refresh_token: str) -> str:
         """A short, stable, non-secret label for logs and for the session's lost-update guard."""
         return digest("fingerprint", self.client_id, refresh_token)[:16]

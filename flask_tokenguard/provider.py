@@ -225,6 +225,19 @@ class RefreshClient:
 
     def refresh(self, refresh_token: str, timeout: float) -> Token:
         """One refresh, each read bounded by ``timeout``; the caller bounds the whole call."""
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        return self._request(form, timeout, previous_refresh_token=refresh_token)
+
+    def client_credentials(self, scope: str | None, timeout: float) -> Token:
+        """A token for the app itself (RFC 6749, section 4.4), classified like a refresh."""
+        form = {"grant_type": "client_credentials"}
+        if scope:
+            form["scope"] = scope
+        return self._request(form, timeout, previous_refresh_token="")
+
+    def _request(
+        self, form: dict[str, str], timeout: float, *, previous_refresh_token: str
+    ) -> Token:
         try:
             # A callable resolves the endpoint from the provider's metadata (no I/O once known).
             token_url = self.token_url() if callable(self.token_url) else self.token_url
@@ -235,7 +248,7 @@ class RefreshClient:
         try:
             response = post_token_request(
                 token_url,
-                {"grant_type": "refresh_token", "refresh_token": refresh_token},
+                form,
                 self.credentials,
                 timeout=timeout,
                 connect_timeout=self.connect_timeout,
@@ -244,7 +257,7 @@ class RefreshClient:
             raise classify_exception(exc) from None
         return classify_response(
             response,
-            previous_refresh_token=refresh_token,
+            previous_refresh_token=previous_refresh_token,
             default_retry_after=self.default_retry_after,
             sent_at=sent_at,
         )

@@ -180,6 +180,7 @@ class TokenRules:
     ) -> Token | None:
         """Refresh whatever the expiry says; the new token, or None with ``state.error`` set."""
         state.checked, state.refreshed, state.error = False, False, None
+        state.token = None  # opened again with the record the check reads (its write needs it)
         self.check(session, state, force=True, on_outcome=on_outcome)
         if state.refreshed:
             return state.token

@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.apps",
     "tests.fixtures.gunicorn",
     "tests.fixtures.oidc_provider",
+    "tests.fixtures.databases",
 ]
 
 settings.register_profile(

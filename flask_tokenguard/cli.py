@@ -1,0 +1,69 @@
+"""``flask tokenguard``: commands over the durable grant store (``TOKENGUARD_GRANT_STORE_URL``).
+
+flask tokenguard grants SUBJECT   list a subject's grants: id, created, expires
+flask tokenguard revoke GRANT_ID  delete a stored grant
+flask tokenguard purge            delete the grants whose expiry has passed
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import TYPE_CHECKING
+
+import click
+from flask.cli import AppGroup
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .grants import GrantStore
+
+tokenguard_cli = AppGroup("tokenguard", help="flask-tokenguard: the durable grant store.")
+
+
+def _store() -> GrantStore:
+    from .extension import _app_state
+
+    try:
+        return _app_state().guard.grant_store()
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _when(value: datetime.datetime | None) -> str:
+    return "never" if value is None else value.isoformat(timespec="seconds")
+
+
+@tokenguard_cli.command("grants")
+@click.argument("subject")
+def grants_command(subject: str) -> None:
+    """List SUBJECT's stored grants: id, created, expires (times in UTC)."""
+    found = _store().list(subject)
+    if not found:
+        click.echo(f"no grants for {subject}")
+        return
+    for grant in found:
+        created, expires = _when(grant.created_at), _when(grant.expires_at)
+        click.echo(f"{grant.grant_id}\tcreated {created}\texpires {expires}")
+
+
+@tokenguard_cli.command("revoke")
+@click.argument("grant_id")
+def revoke_command(grant_id: str) -> None:
+    """Delete the stored grant GRANT_ID.
+
+    Only the stored copy is deleted: the provider is not asked to revoke the refresh token
+    (not done yet), which stays valid there until it expires or is revoked at the provider.
+    """
+    if not _store().delete(grant_id):
+        raise click.ClickException(f"no grant {grant_id}")
+    click.echo(f"deleted {grant_id}")
+
+
+@tokenguard_cli.command("purge")
+def purge_command() -> None:
+    """Delete the stored grants whose expiry has passed."""
+    count = _store().purge_expired()
+    click.echo(f"purged {count} expired grant{'' if count == 1 else 's'}")
