@@ -27,6 +27,7 @@ import requests
 from flask import (
     Blueprint,
     Flask,
+    abort,
     current_app,
     g,
     jsonify,
@@ -351,6 +352,7 @@ class TokenGuard:
             denied = self._answer(state.rules.verdict(session, request_state))
             if denied is not None:
                 return denied
+            request_state.protected = True
             return current_app.ensure_sync(view)(*args, **kwargs)
 
         return cast(F, wrapper)
@@ -359,13 +361,19 @@ class TokenGuard:
     def token(self) -> Token | None:
         """The current request's token (refreshed if due), or None when there is none.
 
-        The natural check works: ``if guard.token is None: ...``. Raises nothing for a signed
-        out request; ``guard.error`` says why there is no token.
+        The natural check works: ``if guard.token is None: ...``; ``guard.error`` says why there
+        is none. Inside a ``token_required`` view the token is there: one that fails to open
+        there (tampered, or signed out meanwhile) ends the request with the unauthorized answer.
         """
         state = self._state()
         if not self._has_cookie(state):
             return None
-        return state.rules.open(session, self._check(state))
+        request_state = self._check(state)
+        token = state.rules.open(session, request_state)
+        if token is None and request_state.protected:
+            denied = self._answer(state.rules.verdict(session, request_state))
+            abort(current_app.make_response(denied or self.unauthorized()))
+        return token
 
     def peek(self) -> dict[str, Any] | None:
         """The token's status without opening or refreshing it: for status pages.

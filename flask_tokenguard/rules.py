@@ -48,6 +48,8 @@ class RequestState:
     error: TokenGuardError | None = None
     refreshed: bool = False
     checked: bool = False
+    #: the request passed ``token_required``: a token that fails to open later ends it
+    protected: bool = False
     deadline: Deadline | None = field(default=None, repr=False)
 
 
@@ -156,7 +158,9 @@ class TokenRules:
         error = state.error
         if record is None:
             return Verdict(Decision.UNAUTHORIZED, error)
-        if self.open(session, state) is None:  # a record that does not open is no token
+        if not self.tokens.opens_cheaply and self.open(session, state) is None:
+            # A record that does not open, or is gone from the store, is no token. (A sealed
+            # token in the session is opened only when the view asks for it.)
             if isinstance(state.error, StoreError):
                 return Verdict(Decision.UNAVAILABLE, state.error)
             return Verdict(Decision.UNAUTHORIZED, state.error)

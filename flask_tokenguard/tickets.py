@@ -47,6 +47,8 @@ class TicketTokens:
 
     #: the session carries no token, so a stale copy of it cannot bring an old one back
     guards_lost_updates = False
+    #: whether the record still exists takes a store read: a protected view makes it
+    opens_cheaply = False
 
     def __init__(
         self,
