@@ -34,6 +34,14 @@ would let two threads of one process both "hold" a claim):
   shared ``/tmp``) is refused with :class:`ConfigurationError`. One it creates is 0700.
 * Records larger than :attr:`~flask_tokenguard.stores.base.Store.max_value_bytes` (4 MiB) are
   not read whole: they read as void, like any other garbage.
+* **Waiting** (:meth:`FileStore.wait_for`) wakes on the file's appearance, not on a poll: on
+  Linux it watches the directory with inotify (libc's ``inotify_init1`` and
+  ``inotify_add_watch`` through ``ctypes``, one inotify descriptor per wait) for the value's
+  name being moved into place (``IN_MOVED_TO``, what ``os.replace`` of a written temp file
+  gives) or written (``IN_CLOSE_WRITE``), reads the value only then, and again every
+  ``reread_interval`` seconds in case an event is lost. The watch is set before the read that
+  follows it, so a value that lands in between is read, not missed. Where inotify is missing
+  (not Linux, the per-user instance limit reached, ``notify=False``) waiters poll.
 
 Why not cachelib's ``FileSystemCache``: it pickles by default, counts expiries in whole seconds
 as a 32-bit number, keeps a shared item counter that it updates without a lock on every write,
@@ -44,12 +52,18 @@ one file per key, named after the key, and every I/O error surfaces as ``StoreUn
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
+import functools
 import hashlib
 import json
+import math
 import os
+import select
 import shlex
 import stat
+import struct
+import sys
 import tempfile
 import threading
 import time
@@ -70,6 +84,80 @@ _LOCKS = ".locks"
 _IDENTITY = ".identity"
 
 _T = TypeVar("_T")
+
+# inotify(7): the events a waiter wakes on, and the ones that end a watch or lose events.
+_IN_CLOSE_WRITE, _IN_MOVED_TO = 0x00000008, 0x00000080
+_IN_Q_OVERFLOW, _IN_IGNORED = 0x00004000, 0x00008000
+_IN_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+
+
+def _libc_inotify() -> Any:
+    """libc with ``inotify_init1`` and ``inotify_add_watch``, or None (not Linux, no libc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.inotify_init1.argtypes = [ctypes.c_int]
+        libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc_inotify()
+
+
+def watch_directory(directory: Path) -> int | None:
+    """A non-blocking inotify descriptor watching ``directory`` for files written or moved in;
+    None where inotify is not there (not Linux, the per-user limit of instances reached)."""
+    if _LIBC is None:
+        return None
+    fd = int(_LIBC.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+    if fd < 0:
+        return None
+    if _LIBC.inotify_add_watch(fd, os.fsencode(directory), _IN_CLOSE_WRITE | _IN_MOVED_TO) < 0:
+        os.close(fd)
+        return None
+    return fd
+
+
+def watched_events(fd: int, timeout: float) -> list[tuple[int, str]] | None:
+    """The ``(mask, name)`` events queued on ``fd`` within ``timeout`` seconds; None once the
+    watch has ended (the directory went away) or events were lost (the queue overflowed)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if not poller.poll(max(0, math.ceil(timeout * 1000))):
+        return []
+    try:
+        data = os.read(fd, 65536)
+    except BlockingIOError:
+        return []
+    events: list[tuple[int, str]] = []
+    offset = 0
+    while offset + _IN_EVENT.size <= len(data):
+        _wd, mask, _cookie, size = _IN_EVENT.unpack_from(data, offset)
+        offset += _IN_EVENT.size
+        name = data[offset : offset + size].rstrip(b"\0")
+        offset += size
+        if mask & (_IN_Q_OVERFLOW | _IN_IGNORED):
+            return None
+        events.append((mask, os.fsdecode(name)))
+    return events
+
+
+def wait_for_name(fd: int, name: str, until: float) -> bool:
+    """Wait on the watch ``fd`` until an event names the file ``name`` or the monotonic time
+    ``until`` passes: True; False once the watch ended or lost events."""
+    while True:
+        left = until - time.monotonic()
+        if left <= 0:
+            return True
+        events = watched_events(fd, left)
+        if events is None:
+            return False
+        if any(seen == name for _, seen in events):
+            return True
+
 
 #: Every FileStore of this process, and the lock files held right now (closed after a fork).
 _INSTANCES: weakref.WeakSet[FileStore] = weakref.WeakSet()
@@ -178,9 +266,12 @@ class FileStore(Store):
     :param directory: an absolute path; created with mode 0o700 if missing.
     :param lock_timeout: seconds to wait for a key's lock before :class:`StoreUnavailable`.
     :param sweep_interval: seconds between sweeps of expired files (per instance).
+    :param notify: wait on inotify where it is there; False: poll.
     """
 
     shared = True
+    #: Seconds between re-reads while :meth:`wait_for` waits on inotify, in case an event is lost.
+    reread_interval = 0.25
 
     def __init__(
         self,
@@ -188,6 +279,7 @@ class FileStore(Store):
         *,
         lock_timeout: float = 1.0,
         sweep_interval: float = 60.0,
+        notify: bool = True,
     ) -> None:
         path = Path(directory)
         if not path.is_absolute():
@@ -195,6 +287,7 @@ class FileStore(Store):
         self.directory = path
         self.lock_timeout = lock_timeout
         self.sweep_interval = sweep_interval
+        self.notify = notify
         self._held_lock = threading.Lock()
         # (file name, owner) -> (fd holding the claim record's flock, wall-clock expiry)
         self._held: dict[tuple[str, str], tuple[int, float]] = {}
@@ -510,6 +603,34 @@ class FileStore(Store):
             with contextlib.suppress(StoreUnavailable, OSError), self._guard(name, timeout=0):
                 self._live(path, "value", time.time())
         return value
+
+    def wait_for(self, key: str, timeout: float) -> str | None:
+        """Watch the directory (inotify), then read: wakes when the value's file lands.
+
+        Polls where inotify is not there; see the module docstring.
+        """
+        end = time.monotonic() + max(0.0, timeout)
+        value = self.read(key)  # the common case needs no watch
+        if value is not None or timeout <= 0:
+            return value
+        fd = watch_directory(self.directory) if self.notify else None
+        if fd is None:
+            return super().wait_for(key, end - time.monotonic())
+        name = file_name(key)
+        try:
+            while True:
+                value = self.read(key)  # the watch is set: what lands from now on wakes us
+                if value is not None:
+                    return value
+                now = time.monotonic()
+                if now >= end:
+                    return None
+                until = min(end, now + self.reread_interval)
+                if not self._io(functools.partial(wait_for_name, fd, name, until)):
+                    break  # the watch ended (the directory went away) or lost events: poll
+        finally:
+            os.close(fd)
+        return super().wait_for(key, end - time.monotonic())
 
     def forget(self, key: str) -> None:
         name = file_name(key)
