@@ -36,7 +36,8 @@ would let two threads of one process both "hold" a claim):
   not read whole: they read as void, like any other garbage.
 * **Waiting** (:meth:`FileStore.wait_for`) wakes on the file's appearance, not on a poll: on
   Linux it watches the directory with inotify (libc's ``inotify_init1`` and
-  ``inotify_add_watch`` through ``ctypes``, one inotify descriptor per wait) for the value's
+  ``inotify_add_watch`` through ``ctypes``; a descriptor per waiting thread, kept for the next
+  wait, since closing one takes the kernel 10-20 ms) for the value's
   name being moved into place (``IN_MOVED_TO``, what ``os.replace`` of a written temp file
   gives) or written (``IN_CLOSE_WRITE``), reads the value only then, and again every
   ``reread_interval`` seconds in case an event is lost. The watch is set before the read that
@@ -121,9 +122,9 @@ def watch_directory(directory: Path) -> int | None:
     return fd
 
 
-def watched_events(fd: int, timeout: float) -> list[tuple[int, str]] | None:
-    """The ``(mask, name)`` events queued on ``fd`` within ``timeout`` seconds; None once the
-    watch has ended (the directory went away) or events were lost (the queue overflowed)."""
+def watched_events(fd: int, timeout: float) -> list[tuple[int, str]]:
+    """The ``(mask, name)`` events queued on ``fd`` within ``timeout`` seconds (0: those
+    queued now), ``[]`` when none came."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     if not poller.poll(max(0, math.ceil(timeout * 1000))):
@@ -137,26 +138,34 @@ def watched_events(fd: int, timeout: float) -> list[tuple[int, str]] | None:
     while offset + _IN_EVENT.size <= len(data):
         _wd, mask, _cookie, size = _IN_EVENT.unpack_from(data, offset)
         offset += _IN_EVENT.size
-        name = data[offset : offset + size].rstrip(b"\0")
+        events.append((mask, os.fsdecode(data[offset : offset + size].rstrip(b"\0"))))
         offset += size
-        if mask & (_IN_Q_OVERFLOW | _IN_IGNORED):
-            return None
-        events.append((mask, os.fsdecode(name)))
     return events
 
 
 def wait_for_name(fd: int, name: str, until: float) -> bool:
-    """Wait on the watch ``fd`` until an event names the file ``name`` or the monotonic time
-    ``until`` passes: True; False once the watch ended or lost events."""
+    """Wait on the watch ``fd`` until an event names the file ``name``, events were lost (the
+    queue overflowed) or the monotonic time ``until`` passes: True (read again); False once
+    the watch has ended (the directory went away)."""
     while True:
         left = until - time.monotonic()
         if left <= 0:
             return True
-        events = watched_events(fd, left)
-        if events is None:
-            return False
-        if any(seen == name for _, seen in events):
+        for mask, seen in watched_events(fd, left):
+            if mask & _IN_IGNORED:
+                return False
+            if seen == name or mask & _IN_Q_OVERFLOW:
+                return True
+
+
+def drain(fd: int) -> bool:
+    """Drop the events queued on the watch ``fd``: True, or False when the watch has ended."""
+    while True:
+        events = watched_events(fd, 0)
+        if not events:
             return True
+        if any(mask & _IN_IGNORED for mask, _ in events):
+            return False
 
 
 #: Every FileStore of this process, and the lock files held right now (closed after a fork).
@@ -272,6 +281,9 @@ class FileStore(Store):
     shared = True
     #: Seconds between re-reads while :meth:`wait_for` waits on inotify, in case an event is lost.
     reread_interval = 0.25
+    #: Idle inotify descriptors kept for the next waits (closing one costs the kernel a grace
+    #: period, about 10-20 ms, which a waiter would otherwise pay after every wake).
+    idle_watches = 8
 
     def __init__(
         self,
@@ -288,6 +300,8 @@ class FileStore(Store):
         self.lock_timeout = lock_timeout
         self.sweep_interval = sweep_interval
         self.notify = notify
+        self._watch_lock = threading.Lock()
+        self._watches: list[int] = []  # idle inotify descriptors watching the directory
         self._held_lock = threading.Lock()
         # (file name, owner) -> (fd holding the claim record's flock, wall-clock expiry)
         self._held: dict[tuple[str, str], tuple[int, float]] = {}
@@ -467,11 +481,38 @@ class FileStore(Store):
             _close_quietly(fd)
 
     def _after_fork_in_child(self) -> None:
-        # The parent's locks are the parent's: close our copies without unlocking them.
+        # The parent's locks are the parent's: close our copies without unlocking them. The
+        # idle watches are the parent's too (one queue of events, read by whoever reads first).
         self._held_lock = threading.Lock()
         held, self._held = self._held, {}
         for fd, _ in held.values():
             _close_quietly(fd)
+        self._watch_lock = threading.Lock()
+        watches, self._watches = self._watches, []
+        for fd in watches:
+            _close_quietly(fd)
+
+    # -- inotify watches of the directory, reused ---------------------------------------------
+
+    def _take_watch(self) -> int | None:
+        """An inotify descriptor watching the directory, with no events queued; None where
+        inotify is not there."""
+        while True:
+            with self._watch_lock:
+                fd = self._watches.pop() if self._watches else None
+            if fd is None:
+                return watch_directory(self.directory)
+            if self._io(functools.partial(drain, fd)):
+                return fd
+            _close_quietly(fd)  # the directory went away since: its watch ended
+
+    def _give_back(self, fd: int, alive: bool) -> None:
+        if alive:
+            with self._watch_lock:
+                if len(self._watches) < self.idle_watches:
+                    self._watches.append(fd)
+                    return
+        _close_quietly(fd)
 
     # -- Store ------------------------------------------------------------------------------
 
@@ -613,23 +654,25 @@ class FileStore(Store):
         value = self.read(key)  # the common case needs no watch
         if value is not None or timeout <= 0:
             return value
-        fd = watch_directory(self.directory) if self.notify else None
+        fd = self._take_watch() if self.notify else None
         if fd is None:
             return super().wait_for(key, end - time.monotonic())
-        name = file_name(key)
+        name, alive = file_name(key), False
         try:
             while True:
                 value = self.read(key)  # the watch is set: what lands from now on wakes us
                 if value is not None:
+                    alive = True
                     return value
                 now = time.monotonic()
                 if now >= end:
+                    alive = True
                     return None
                 until = min(end, now + self.reread_interval)
                 if not self._io(functools.partial(wait_for_name, fd, name, until)):
-                    break  # the watch ended (the directory went away) or lost events: poll
+                    break  # the watch ended (the directory went away): poll
         finally:
-            os.close(fd)
+            self._give_back(fd, alive)
         return super().wait_for(key, end - time.monotonic())
 
     def forget(self, key: str) -> None:
@@ -662,6 +705,10 @@ class FileStore(Store):
         with self._held_lock:
             held, self._held = self._held, {}
         for fd, _ in held.values():
+            _close_quietly(fd)
+        with self._watch_lock:
+            watches, self._watches = self._watches, []
+        for fd in watches:
             _close_quietly(fd)
 
     def __repr__(self) -> str:

@@ -370,3 +370,42 @@ def test_a_file_waiter_polls_once_its_directory_goes_away(tmp_path: Path) -> Non
         timer.join()
         waiter.close()
         publisher.close()
+
+
+def _report_watches(store: FileStore, results: Any) -> None:
+    results.put((list(store._watches), store.wait_for("tokenguard:result:in-child", 5)))
+
+
+@needs_inotify
+def test_file_waits_reuse_their_watch_but_a_forked_child_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing an inotify descriptor costs the kernel a grace period, so waits keep theirs for
+    the next one; a child must not read the parent's queue of events."""
+    made: list[Path] = []
+    watch = files.watch_directory
+
+    def counted(directory: Path) -> int | None:
+        made.append(directory)
+        return watch(directory)
+
+    monkeypatch.setattr(files, "watch_directory", counted)
+    store = FileStore(tmp_path / "store")
+    try:
+        for _ in range(3):
+            assert store.wait_for("tokenguard:result:none", 0.01) is None
+        assert len(made) == 1 and len(store._watches) == 1
+        store.publish("tokenguard:result:in-child", "v", 30)
+        results = FORK.Queue()
+        child = FORK.Process(target=_report_watches, args=(store, results))
+        child.start()
+        try:
+            assert results.get(timeout=10) == ([], "v")
+        finally:
+            child.join(10)
+            results.close()
+            results.join_thread()
+        assert len(store._watches) == 1, "the parent keeps its own"
+    finally:
+        store.close()
+    assert store._watches == []
