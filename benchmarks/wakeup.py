@@ -165,7 +165,7 @@ def waiter_process(conn: Connection) -> None:
             woke = time.monotonic_ns()
             conn.send((woke, ok, reads[0] - before, (woke - started) / 1e9))
     finally:
-        for store in stores.values():
+        for store, _reads in stores.values():
             store.close()
         conn.close()
 

@@ -191,8 +191,27 @@ class Store(abc.ABC):
         By default this polls :meth:`read`, every :attr:`poll_first` seconds doubling to
         :attr:`poll_max`. Backends with a notification mechanism override it to wake sooner.
         """
-        end = time.monotonic() + max(0.0, timeout)
+        return self._read_until(key, time.monotonic() + max(0.0, timeout))
+
+    def _read_until(
+        self, key: str, end: float, pause: Callable[[float], str | bool] | None = None
+    ) -> str | None:
+        """Read ``key`` until there is a value or the monotonic time ``end`` passes: the value,
+        or None.
+
+        Between reads, ``pause(seconds_left)`` waits for a sign of the value and returns the
+        value itself (taken as it is, not read), True (read again) or False (no more signs
+        will come: poll from now on). Without ``pause``, this polls (see :meth:`wait_for`).
+        """
         delay = self.poll_first
+
+        def poll(left: float) -> bool:
+            nonlocal delay
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, self.poll_max)
+            return True
+
+        wait = pause or poll
         while True:
             value = self.read(key)
             if value is not None:
@@ -200,8 +219,11 @@ class Store(abc.ABC):
             left = end - time.monotonic()
             if left <= 0:
                 return None
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, self.poll_max)
+            sign = wait(left)
+            if isinstance(sign, str):
+                return sign
+            if not sign:
+                wait = poll
 
     def uptime(self) -> float | None:
         """Seconds since the store last lost its state (a server start); None if it never does.

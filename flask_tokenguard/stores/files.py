@@ -657,23 +657,24 @@ class FileStore(Store):
         fd = self._take_watch() if self.notify else None
         if fd is None:
             return super().wait_for(key, end - time.monotonic())
-        name, alive = file_name(key), False
+        name, alive = file_name(key), True
+
+        def pause(left: float) -> bool:
+            nonlocal alive
+            until = time.monotonic() + min(left, self.reread_interval)
+            # False: the watch ended (the directory went away): poll.
+            alive = self._io(functools.partial(wait_for_name, fd, name, until))
+            return alive
+
         try:
-            while True:
-                value = self.read(key)  # the watch is set: what lands from now on wakes us
-                if value is not None:
-                    alive = True
-                    return value
-                now = time.monotonic()
-                if now >= end:
-                    alive = True
-                    return None
-                until = min(end, now + self.reread_interval)
-                if not self._io(functools.partial(wait_for_name, fd, name, until)):
-                    break  # the watch ended (the directory went away): poll
-        finally:
-            self._give_back(fd, alive)
-        return super().wait_for(key, end - time.monotonic())
+            # The watch is set: a value that lands from now on wakes us, and the first read
+            # sees one that landed before.
+            value = self._read_until(key, end, pause)
+        except BaseException:
+            _close_quietly(fd)
+            raise
+        self._give_back(fd, alive)
+        return value
 
     def forget(self, key: str) -> None:
         name = file_name(key)

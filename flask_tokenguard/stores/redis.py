@@ -503,27 +503,25 @@ class RedisStore(ServerStore[_Conn]):
         channel = key.encode("utf-8")
         # Only once the subscription is confirmed can no publish be missed by the read below.
         subscriber.confirmed(channel, ticket, min(self.timeout, max(0.0, end - time.monotonic())))
-        while subscriber.failure is None:
-            value = self.read(key)
-            if value is not None:
-                return value
-            left = end - time.monotonic()
-            if left <= 0:
-                return None
+
+        def pause(left: float) -> str | bool:
+            # False: pub/sub refused (an ACL without it, a proxy) or its connection lost: poll.
+            if subscriber.failure is not None:
+                return False
             if not waiter.event.wait(min(left, self.reread_interval)):
-                continue  # the safety net: read again
+                return True  # the safety net: read again
             waiter.event.clear()
-            message = waiter.message
-            if (
-                message is not None
-                and message.startswith(CARRIES)
-                and len(message) <= self.max_value_bytes + len(CARRIES)
-            ):
-                value = value_text(message[len(CARRIES) :])
-                if value is not None:
-                    return value
-        # Pub/sub refused (an ACL without it, a proxy) or its connection lost: poll.
-        return super().wait_for(key, end - time.monotonic())
+            return subscriber.failure is None and (self._carried(waiter.message) or True)
+
+        return self._read_until(key, end, pause)
+
+    def _carried(self, message: bytes | None) -> str | None:
+        """The value a PUBLISH message carries; None for a bare wake-up (or garbage)."""
+        if message is None or not message.startswith(CARRIES):
+            return None
+        if len(message) > self.max_value_bytes + len(CARRIES):
+            return None
+        return value_text(message[len(CARRIES) :])
 
     def _read_server(self) -> tuple[str | None, float | None]:
         """``run_id`` (new on every restart) and ``uptime_in_seconds``, from ``INFO server``."""
