@@ -37,8 +37,9 @@ pub/sub connection per process, read by one daemon thread, serves every waiter o
 it subscribes to a key's channel while somebody waits for it and wakes that key's waiters (a
 ``threading.Event`` each). A waiter reads the value only once its subscription is confirmed, so
 a publish cannot slip in between; it re-reads every :attr:`RedisStore.reread_interval` seconds
-in case a message is lost. A message is ``=`` and the value's bytes; any other message (an
-older version's ``1``, or a value over the read cap) only wakes the waiter, which then reads.
+in case a message is lost. A message is ``=<db>:`` and the value's bytes (channels span every
+database of the server); any other message (an older version's ``1``, a value over the read
+cap, another database's value) only wakes the waiter, which then reads.
 Where an ACL or a proxy refuses pub/sub, waiters poll.
 
 The client (with its pub/sub connection and thread) is created lazily and again in a forked
@@ -121,10 +122,15 @@ return 1
 """
 
 MARK_SUFFIX = ":sent"
-#: A PUBLISH message that carries the value: this byte, then the value's UTF-8 bytes.
-CARRIES = b"="
 #: A PUBLISH message that only wakes (the value is too large to carry): the waiter reads.
 WAKE = b"1"
+
+
+def carries(db: int) -> bytes:
+    """How a PUBLISH message that carries a value of database ``db`` starts (the value's UTF-8
+    bytes follow). Channels are server-wide, not per database: a waiter adopts only its own
+    database's values, and takes any other message as a wake-up."""
+    return b"=%d:" % db
 
 
 class TextSerializer(RedisSerializer):
@@ -352,6 +358,8 @@ class RedisStore(ServerStore[_Conn]):
         self.url = url
         self.notify = notify
         self._options = dict(client_options or {})
+        db = self._options.get("db", parse_url(url).get("db", 0))  # type: ignore[no-untyped-call]
+        self._carries = carries(int(db or 0))
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -440,7 +448,9 @@ class RedisStore(ServerStore[_Conn]):
             pipe = conn.client.pipeline(transaction=False)
             pipe.set(key, data, ex=seconds)
             if self.notify:
-                pipe.publish(key, CARRIES + data if len(data) <= self.max_value_bytes else WAKE)
+                pipe.publish(
+                    key, self._carries + data if len(data) <= self.max_value_bytes else WAKE
+                )
             # A refused PUBLISH (an ACL) is no failure: waiters re-read now and then anyway.
             stored = pipe.execute(raise_on_error=False)[0]
             if isinstance(stored, BaseException):
@@ -517,11 +527,11 @@ class RedisStore(ServerStore[_Conn]):
 
     def _carried(self, message: bytes | None) -> str | None:
         """The value a PUBLISH message carries; None for a bare wake-up (or garbage)."""
-        if message is None or not message.startswith(CARRIES):
+        if message is None or not message.startswith(self._carries):
             return None
-        if len(message) > self.max_value_bytes + len(CARRIES):
+        if len(message) > self.max_value_bytes + len(self._carries):
             return None
-        return value_text(message[len(CARRIES) :])
+        return value_text(message[len(self._carries) :])
 
     def _read_server(self) -> tuple[str | None, float | None]:
         """``run_id`` (new on every restart) and ``uptime_in_seconds``, from ``INFO server``."""

@@ -583,3 +583,38 @@ def test_a_lost_pubsub_connection_falls_back_to_polling(private_redis: Any) -> N
         admin.close()
         waiter.close()
         publisher.close()
+
+
+def test_a_redis_waiter_adopts_only_its_own_databases_values(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Channels span the server's databases: a message carrying another database's value,
+    like an older version's bare ``1``, only makes the waiter read its own."""
+    import redis
+
+    from flask_tokenguard.stores.redis import RedisStore, carries
+
+    waiter = RedisStore(redis_url)
+    waiter.reread_interval = 60.0
+    raw = redis.Redis.from_url(redis_url)
+    key = redis_prefix + "result:db"
+    db = raw.connection_pool.connection_kwargs.get("db", 0)
+    sent = _count_commands(waiter)
+    found: list[str | None] = []
+    thread = threading.Thread(target=lambda: found.append(waiter.wait_for(key, 10)))
+    try:
+        thread.start()
+        assert eventually(lambda: len(sent) >= 2, 5.0)
+        time.sleep(0.05)
+        raw.publish(key, carries(db + 1) + b"another database's value")
+        assert eventually(lambda: len(sent) >= 3, 5.0), "woke and read its own"
+        assert thread.is_alive() and not found
+        raw.set(key, b"from an older version", ex=30)
+        raw.publish(key, b"1")
+        thread.join(5)
+        assert found == ["from an older version"]
+        assert len(sent) == 4
+    finally:
+        thread.join(5)
+        raw.close()
+        waiter.close()
