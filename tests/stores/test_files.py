@@ -15,7 +15,7 @@ from flask_tokenguard.errors import ConfigurationError, StoreUnavailable
 from flask_tokenguard.stores import files
 from flask_tokenguard.stores.files import FileStore
 from tests.fixtures.services import StoreSpec
-from tests.stores.helpers import FORK, eventually
+from tests.stores.helpers import FORK, count_reads, eventually
 
 
 def test_file_store_layout(tmp_path: Path) -> None:
@@ -247,19 +247,6 @@ def test_ping_recreates_a_vanished_directory(tmp_path: Path) -> None:
         store.close()
 
 
-def _count_reads(store: FileStore) -> list[int]:
-    """How many times ``store.read`` runs from now on (``wait_for`` reads through it)."""
-    count = [0]
-    read = store.read
-
-    def counted(key: str) -> str | None:
-        count[0] += 1
-        return read(key)
-
-    store.read = counted  # type: ignore[method-assign]
-    return count
-
-
 needs_inotify = pytest.mark.skipif(files._LIBC is None, reason="no inotify on this platform")
 
 
@@ -271,7 +258,7 @@ def test_a_file_waiter_wakes_on_inotify(tmp_path: Path) -> None:
 
     waiter, publisher = FileStore(tmp_path / "store"), FileStore(tmp_path / "store")
     waiter.reread_interval = 60.0
-    reads = _count_reads(waiter)
+    reads = count_reads(waiter)
     other = threading.Timer(0.1, publisher.publish, ("tokenguard:result:other", "x", 30))
     mine = threading.Timer(0.3, publisher.publish, ("tokenguard:result:mine", "woke", 30))
     try:
@@ -331,7 +318,7 @@ def test_a_file_waiter_polls_without_inotify(
     waiter = FileStore(tmp_path / "store", notify=why != "notify=False")
     publisher = FileStore(tmp_path / "store")
     waiter.reread_interval = 60.0
-    reads = _count_reads(waiter)
+    reads = count_reads(waiter)
     timer = threading.Timer(0.2, publisher.publish, ("tokenguard:result:polled", "v", 30))
     try:
         start = time.monotonic()

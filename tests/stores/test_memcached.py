@@ -120,20 +120,14 @@ def test_memcached_waiters_poll_every_few_milliseconds(memcached_url: str) -> No
     import threading
 
     from flask_tokenguard.stores.memcached import MemcachedStore
+    from tests.stores.helpers import count_reads
 
     waiter, publisher = (
         MemcachedStore.from_url(memcached_url),
         MemcachedStore.from_url(memcached_url),
     )
     key = f"tgtest:{os.getpid()}:{time.monotonic_ns()}:poll"
-    reads = [0]
-    read = waiter.read
-
-    def counted(k: str) -> str | None:
-        reads[0] += 1
-        return read(k)
-
-    waiter.read = counted  # type: ignore[method-assign]
+    reads = count_reads(waiter)
     try:
         assert (waiter.poll_first, waiter.poll_max) == (0.001, 0.01)
         start = time.monotonic()

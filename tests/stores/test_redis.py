@@ -3,9 +3,11 @@ pub/sub wake-ups, ACLs, capped reads."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -418,6 +420,23 @@ def _count_commands(store: Any) -> list[Any]:
     return sent
 
 
+@contextlib.contextmanager
+def _waiting(waiter: Any, key: str) -> Iterator[tuple[list[Any], list[str | None], Any]]:
+    """A thread in ``waiter.wait_for(key, 10)``, once it is subscribed: the commands its
+    client sends (two reads so far), what it found, the thread."""
+    sent = _count_commands(waiter)
+    found: list[str | None] = []
+    thread = threading.Thread(target=lambda: found.append(waiter.wait_for(key, 10)))
+    thread.start()
+    try:
+        # two reads: before subscribing, and once the subscription is confirmed
+        assert eventually(lambda: len(sent) >= 2, 5.0)
+        time.sleep(0.05)
+        yield sent, found, thread
+    finally:
+        thread.join(5)
+
+
 def test_a_redis_waiter_adopts_the_published_value_without_reading_it(
     redis_url: str, redis_prefix: str
 ) -> None:
@@ -427,21 +446,14 @@ def test_a_redis_waiter_adopts_the_published_value_without_reading_it(
     waiter, publisher = RedisStore(redis_url), RedisStore(redis_url)
     waiter.reread_interval = 60.0
     key = redis_prefix + "result:carried"
-    sent = _count_commands(waiter)
-    found: list[str | None] = []
-    thread = threading.Thread(target=lambda: found.append(waiter.wait_for(key, 10)))
     try:
-        thread.start()
-        # two reads: before subscribing, and once the subscription is confirmed
-        assert eventually(lambda: len(sent) >= 2, 5.0)
-        time.sleep(0.05)
-        before = list(sent)
-        publisher.publish(key, "sealed text", 30)
-        thread.join(5)
-        assert found == ["sealed text"]
-        assert sent == before, "adopted from the message, without a GET"
+        with _waiting(waiter, key) as (sent, found, thread):
+            before = list(sent)
+            publisher.publish(key, "sealed text", 30)
+            thread.join(5)
+            assert found == ["sealed text"]
+            assert sent == before, "adopted from the message, without a GET"
     finally:
-        thread.join(5)
         waiter.close()
         publisher.close()
 
@@ -599,22 +611,16 @@ def test_a_redis_waiter_adopts_only_its_own_databases_values(
     raw = redis.Redis.from_url(redis_url)
     key = redis_prefix + "result:db"
     db = raw.connection_pool.connection_kwargs.get("db", 0)
-    sent = _count_commands(waiter)
-    found: list[str | None] = []
-    thread = threading.Thread(target=lambda: found.append(waiter.wait_for(key, 10)))
     try:
-        thread.start()
-        assert eventually(lambda: len(sent) >= 2, 5.0)
-        time.sleep(0.05)
-        raw.publish(key, carries(db + 1) + b"another database's value")
-        assert eventually(lambda: len(sent) >= 3, 5.0), "woke and read its own"
-        assert thread.is_alive() and not found
-        raw.set(key, b"from an older version", ex=30)
-        raw.publish(key, b"1")
-        thread.join(5)
-        assert found == ["from an older version"]
-        assert len(sent) == 4
+        with _waiting(waiter, key) as (sent, found, thread):
+            raw.publish(key, carries(db + 1) + b"another database's value")
+            assert eventually(lambda: len(sent) >= 3, 5.0), "woke and read its own"
+            assert thread.is_alive() and not found
+            raw.set(key, b"from an older version", ex=30)
+            raw.publish(key, b"1")
+            thread.join(5)
+            assert found == ["from an older version"]
+            assert len(sent) == 4
     finally:
-        thread.join(5)
         raw.close()
         waiter.close()
