@@ -265,6 +265,12 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
 
 
+def _close_all(fds: list[int]) -> None:
+    """Close every descriptor in ``fds`` (quietly) and empty the list."""
+    while fds:
+        _close_quietly(fds.pop())
+
+
 class UnsafeDirectory(StoreUnavailable):
     """The directory is not this user's own (:func:`unsafe_directory`): it is not used."""
 
@@ -302,6 +308,7 @@ class FileStore(Store):
         self.notify = notify
         self._watch_lock = threading.Lock()
         self._watches: list[int] = []  # idle inotify descriptors watching the directory
+        weakref.finalize(self, _close_all, self._watches)
         self._held_lock = threading.Lock()
         # (file name, owner) -> (fd holding the claim record's flock, wall-clock expiry)
         self._held: dict[tuple[str, str], tuple[int, float]] = {}
@@ -488,9 +495,7 @@ class FileStore(Store):
         for fd, _ in held.values():
             _close_quietly(fd)
         self._watch_lock = threading.Lock()
-        watches, self._watches = self._watches, []
-        for fd in watches:
-            _close_quietly(fd)
+        _close_all(self._watches)
 
     # -- inotify watches of the directory, reused ---------------------------------------------
 
@@ -708,9 +713,7 @@ class FileStore(Store):
         for fd, _ in held.values():
             _close_quietly(fd)
         with self._watch_lock:
-            watches, self._watches = self._watches, []
-        for fd in watches:
-            _close_quietly(fd)
+            _close_all(self._watches)
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.directory)!r})"

@@ -196,12 +196,13 @@ class Subscriber:
         self._closing = False
         self.failure: BaseException | None = None
 
-    def join(self, channel: bytes) -> tuple[_Waiter, int]:
-        """A waiter on ``channel``, and the number :meth:`confirmed` waits for."""
+    def join(self, channel: bytes) -> tuple[_Waiter, int] | None:
+        """A waiter on ``channel``, and the number :meth:`confirmed` waits for; None when the
+        subscriber has failed (a SUBSCRIBE that cannot be sent raises)."""
         waiter = _Waiter()
         with self._cond:
             if self.failure is not None:
-                raise self.failure
+                return None
             waiters = self._waiters.get(channel)
             if not waiters:
                 try:
@@ -495,13 +496,16 @@ class RedisStore(ServerStore[_Conn]):
         channel = key.encode("utf-8")
         subscriber = self._call(lambda c: c.wakeups())
         try:
-            waiter, ticket = self._call(lambda c: subscriber.join(channel))
+            joined = self._call(lambda c: subscriber.join(channel))
         except StoreUnavailable:
             raise
         except StoreError as exc:
             if not isinstance(exc.__cause__, ResponseError):
                 raise
-            return super().wait_for(key, end - time.monotonic())  # refused at once: poll
+            joined = None  # refused at once
+        if joined is None:  # pub/sub refused, or the subscriber failed just now: poll
+            return super().wait_for(key, end - time.monotonic())
+        waiter, ticket = joined
         try:
             return self._wait_subscribed(subscriber, waiter, ticket, key, end)
         finally:
