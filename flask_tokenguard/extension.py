@@ -448,7 +448,7 @@ class TokenGuard:
         """
         state = self._state()
         request_state = self._request_state()
-        return state.rules.refresh_now(session, request_state, self._announcer())
+        return state.rules.refresh_now(session, request_state, _announce)
 
     def grant_store(self) -> GrantStore:
         """The durable grant store of ``TOKENGUARD_GRANT_STORE_URL``, opened on first use.
@@ -774,7 +774,7 @@ class TokenGuard:
     def _check(self, state: _AppState) -> RequestState:
         request_state = self._request_state()
         if not request_state.checked:
-            state.rules.check(session, request_state, on_outcome=self._announcer())
+            state.rules.check(session, request_state, on_outcome=_announce)
         return request_state
 
     @staticmethod
@@ -788,17 +788,15 @@ class TokenGuard:
             state.rules.guard(session, request_state)
         return response
 
-    @staticmethod
-    def _announcer() -> Callable[[Token | None, RefreshError | None], None]:
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
 
-        def announce(new: Token | None, error: RefreshError | None) -> None:
-            if new is not None:
-                token_refreshed.send(app, token=new)
-            else:
-                token_refresh_failed.send(app, error=error)
 
-        return announce
+def _announce(new: Token | None, error: RefreshError | None) -> None:
+    """The signals of a provider call, sent by the request whose thread made it."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if new is not None:
+        token_refreshed.send(app, token=new)
+    else:
+        token_refresh_failed.send(app, error=error)
 
 
 def _session_cookie() -> str:
