@@ -335,7 +335,13 @@ class RedisStore(ServerStore[_Conn]):
 
     :param url: ``redis://[[user]:password@]host:port/db`` or ``rediss://...``.
     :param notify: publish a wake-up on the value's channel, so :meth:`wait_for` returns at once.
-    :param client_options: more keyword arguments for ``redis.Redis.from_url``.
+    :param client_options: more keyword arguments for the connections (as
+        ``redis.Redis.from_url`` takes them).
+    :param max_connections: connections per process. The pool blocks a thread that finds them
+        all busy (up to ``pool_timeout`` seconds) instead of failing, as redis-py's default pool
+        does past 100: a burst of many threads in one worker queues for a connection.
+    :param pool_timeout: seconds a thread waits for a free connection, then the store is
+        unavailable.
     :param timeouts: ``connect_timeout``, ``timeout``, ``identity_ttl``, as for
         :class:`~flask_tokenguard.stores.base.ServerStore`.
     """
@@ -352,12 +358,16 @@ class RedisStore(ServerStore[_Conn]):
         *,
         notify: bool = True,
         client_options: dict[str, Any] | None = None,
+        max_connections: int = 64,
+        pool_timeout: float = 2.0,
         **timeouts: float,
     ) -> None:
         check_url(url)  # a bad URL fails now, not on first use
         super().__init__("Redis", **timeouts)
         self.url = url
         self.notify = notify
+        self.max_connections = max_connections
+        self.pool_timeout = pool_timeout
         self._options = dict(client_options or {})
         db = self._options.get("db", parse_url(url).get("db", 0))  # type: ignore[no-untyped-call]
         self._carries = carries(int(db or 0))
@@ -380,7 +390,13 @@ class RedisStore(ServerStore[_Conn]):
             **self._options,
         }
         options["decode_responses"] = False  # values are checked as bytes, then decoded
-        return redis.Redis.from_url(self.url, **options)
+        pool = redis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=self.max_connections,
+            timeout=self.pool_timeout,
+            **options,
+        )
+        return redis.Redis(connection_pool=pool)
 
     def _connect(self) -> _Conn:
         client = self._new_client()

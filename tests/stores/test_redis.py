@@ -624,3 +624,31 @@ def test_a_redis_waiter_adopts_only_its_own_databases_values(
     finally:
         raw.close()
         waiter.close()
+
+
+def test_more_threads_than_connections_queue_for_one(redis_url: str, redis_prefix: str) -> None:
+    """redis-py's default pool fails past its connection limit; this one makes threads wait."""
+    from flask_tokenguard.stores.redis import RedisStore
+
+    store = RedisStore(redis_url)  # 64 connections per process by default
+    key = redis_prefix + "pool"
+    store.publish(key, "v", 30)
+    errors: list[BaseException] = []
+    threads_n = 160  # more than redis-py's own pool would serve (100)
+    start = threading.Barrier(threads_n)
+
+    def reader() -> None:
+        try:
+            start.wait()
+            for _ in range(20):
+                assert store.swap(key, "v", "v", 30) and store.read(key) == "v"
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.close()
+    assert errors == []
