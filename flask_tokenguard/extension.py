@@ -12,6 +12,7 @@ session here: no ``Vary: Cookie``, no ``Set-Cookie``, no session store round tri
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 import os
@@ -341,10 +342,20 @@ class TokenGuard:
     def token_required(self, view: F) -> F:
         """Protect a view: a fresh token, or the unauthorized (401) or unavailable (503) answer."""
 
+        # Decided once: Flask's ensure_sync inspects the view on every call.
+        is_async = inspect.iscoroutinefunction(view)
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return (
+                current_app.ensure_sync(view)(*args, **kwargs)
+                if is_async
+                else view(*args, **kwargs)
+            )
+
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if request.method == "OPTIONS":
-                return current_app.ensure_sync(view)(*args, **kwargs)
+                return run(*args, **kwargs)
             state = self._state()
             if not self._has_cookie(state):
                 return self.unauthorized()
@@ -353,7 +364,7 @@ class TokenGuard:
             if denied is not None:
                 return denied
             request_state.protected = True
-            return current_app.ensure_sync(view)(*args, **kwargs)
+            return run(*args, **kwargs)
 
         return cast(F, wrapper)
 
@@ -539,9 +550,7 @@ class TokenGuard:
         )
         return token
 
-    def _userinfo(
-        self, state: _AppState, token: Token, claims: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _userinfo(self, state: _AppState, token: Token, claims: dict[str, Any]) -> dict[str, Any]:
         url = state.discovery.endpoints().userinfo_url
         if not url:
             log.warning(
@@ -787,7 +796,6 @@ class TokenGuard:
         if isinstance(request_state, RequestState) and state.rules.needs_guard(request_state):
             state.rules.guard(session, request_state)
         return response
-
 
 
 def _announce(new: Token | None, error: RefreshError | None) -> None:
