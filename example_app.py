@@ -32,8 +32,11 @@ import example_naive
 from flask_tokenguard import ConfigurationError, LoginError, TokenGuard
 from flask_tokenguard.sessions import REDIS_SCHEMES, init_sessions
 
-#: Configuration keys without which the app cannot work, as ``from_prefixed_env`` names them.
+#: Configuration keys without which the app cannot work, as ``from_prefixed_env`` names them,
+#: unless TOKENGUARD_SERVER_METADATA_URL is set: then discovery supplies the endpoints, and the
+#: API defaults to the provider's userinfo endpoint.
 REQUIRED = ("TOKENGUARD_TOKEN_URL", "TOKENGUARD_AUTHORIZE_URL", "EXAMPLE_API_URL")
+METADATA_URL = "TOKENGUARD_SERVER_METADATA_URL"
 ENV_PREFIX = "FLASK_"
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -41,6 +44,8 @@ DEFAULTS: Mapping[str, Any] = {
     # The demo provider's published client; a real provider needs FLASK_TOKENGUARD_CLIENT_*.
     "TOKENGUARD_CLIENT_ID": "demo-client",
     "TOKENGUARD_CLIENT_SECRET": "demo-secret",
+    # OpenID Connect: who signed in (guard.user), and a refresh token (offline_access).
+    "TOKENGUARD_SCOPE": "openid profile email offline_access",
     # The extension's default (60 s) is longer than the demo's 20 s tokens.
     "TOKENGUARD_LEEWAY": 5,
     # Plain http:// only to 127.0.0.1, ::1 and localhost (the demo provider); https anywhere.
@@ -96,11 +101,12 @@ def create_app(
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env()  # FLASK_<KEY> -> <KEY>
     app.config.update(config or {})
-    missing = [key for key in REQUIRED if not app.config.get(key)]
+    missing = [] if app.config.get(METADATA_URL) else [k for k in REQUIRED if not app.config.get(k)]
     if missing:
         names = ", ".join(ENV_PREFIX + key for key in missing)
         raise ConfigurationError(
-            f"example_app needs {names}: the provider's endpoints and the API to call. Run"
+            f"example_app needs {names} (or {ENV_PREFIX}{METADATA_URL}): the provider's"
+            " endpoints and the API to call. Run"
             " `python example_app.py` for the bundled demo provider, or start one with"
             " `python -m flask_tokenguard.demo_provider --port 5001` (see the README)."
         )
@@ -119,6 +125,7 @@ def create_app(
         ("/callback", callback),
         ("/logout", logout),
         ("/api/profile", profile),
+        ("/api/me", me),
         ("/api/status", status),
         ("/api/provider-stats", provider_stats),
     ):
@@ -154,9 +161,12 @@ def _secret_key(app: Flask) -> None:
 
 
 def _demo_stats_url(config: Mapping[str, Any]) -> str:
-    """``<provider>/_admin/stats`` when the token endpoint is a demo provider's on this host."""
-    parts = urlsplit(str(config["TOKENGUARD_TOKEN_URL"]))
-    if parts.scheme != "http" or parts.hostname not in LOOPBACK or parts.path != "/token":
+    """``<provider>/_admin/stats`` when the token endpoint (or the metadata) is a demo
+    provider's on this host."""
+    url = config.get("TOKENGUARD_TOKEN_URL") or config.get(METADATA_URL) or ""
+    parts = urlsplit(str(url))
+    paths = ("/token", "/.well-known/openid-configuration")
+    if parts.scheme != "http" or parts.hostname not in LOOPBACK or parts.path not in paths:
         return ""
     return f"http://{parts.netloc}/_admin/stats"
 
@@ -183,13 +193,10 @@ def callback() -> ResponseReturnValue:
         page = _page_state(_current_token(), error=f"Sign-in failed: {exc}")
         return render_template("index.html", page=page), 400
     example_naive.follow(token)
-    with guard.requests_session() as http:
-        try:
-            profile = _call_api(http)
-        except ApiError:
-            profile = {}
+    # Who signed in comes from the validated ID token (guard.user): no API call here.
+    claims = guard.user or {}
     names = ("name", "preferred_username", "login", "email", "sub")
-    session[USER_KEY] = next((str(profile[k]) for k in names if profile.get(k)), "you")
+    session[USER_KEY] = next((str(claims[k]) for k in names if claims.get(k)), "you")
     return redirect(url_for("index"))
 
 
@@ -213,6 +220,14 @@ def profile() -> ResponseReturnValue:
             return jsonify(profile=_call_api(http))
         except ApiError as exc:
             return jsonify(error=str(exc)), 502
+
+
+def me() -> ResponseReturnValue:
+    """Who is signed in: the validated ID token's claims (and userinfo, where configured)."""
+    user = guard.user
+    if user is None or _current_token() is None:
+        return jsonify(error="nobody is signed in"), 401
+    return jsonify(sub=user.get("sub"), claims=user)
 
 
 def status() -> ResponseReturnValue:
@@ -245,7 +260,7 @@ def _call_api(http: requests.Session) -> Any:
     """GET EXAMPLE_API_URL with ``http`` (which carries the bearer token); its JSON body."""
     config = current_app.config
     try:
-        reply = http.get(config["EXAMPLE_API_URL"], timeout=config["EXAMPLE_API_TIMEOUT"])
+        reply = http.get(example_naive.api_url(), timeout=config["EXAMPLE_API_TIMEOUT"])
     except requests.RequestException as exc:
         raise ApiError(f"the API did not answer ({type(exc).__name__})") from None
     if reply.status_code == 401:
@@ -286,7 +301,7 @@ def _page_state(token: Mapping[str, Any] | None, error: str | None = None) -> di
         "leeway": float(config["TOKENGUARD_LEEWAY"]),
         "error": error,
         "burst": int(config["EXAMPLE_BURST"]),
-        "api_url": config["EXAMPLE_API_URL"],
+        "api_url": config.get("EXAMPLE_API_URL"),
         "provider": _provider_stats(),
     }
 
@@ -350,7 +365,10 @@ def main() -> None:
     port = int(os.environ.get("PORT", "5000"))
     config: dict[str, Any] = {}
     provider = None
-    if not os.environ.get(ENV_PREFIX + "TOKENGUARD_TOKEN_URL"):
+    if not (
+        os.environ.get(ENV_PREFIX + "TOKENGUARD_TOKEN_URL")
+        or os.environ.get(ENV_PREFIX + METADATA_URL)
+    ):
         from flask_tokenguard.demo_provider import ProviderConfig, ProviderServer
 
         ttl = int(os.environ.get("EXAMPLE_ACCESS_TTL", "20"))
@@ -366,8 +384,7 @@ def main() -> None:
         config = {
             "TOKENGUARD_CLIENT_ID": provider.config.client_id,
             "TOKENGUARD_CLIENT_SECRET": provider.config.client_secret,
-            "TOKENGUARD_TOKEN_URL": f"{provider.url}/token",
-            "TOKENGUARD_AUTHORIZE_URL": f"{provider.url}/authorize",
+            METADATA_URL: f"{provider.url}/.well-known/openid-configuration",
             "EXAMPLE_API_URL": f"{provider.url}/userinfo",
             "EXAMPLE_PROVIDER_STATS_URL": f"{provider.url}/_admin/stats",
         }

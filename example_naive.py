@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -27,7 +27,8 @@ from flask.typing import ResponseReturnValue
 from oauthlib.oauth2 import InsecureTransportError, OAuth2Error
 from requests_oauthlib import OAuth2Session
 
-from flask_tokenguard import TokenGuard
+from flask_tokenguard import ConfigurationError, TokenGuard
+from flask_tokenguard.discovery import Endpoints
 
 #: The session key of the naive route's copy (the extension keeps its token under its own key).
 NAIVE_KEY = "example_naive_token"
@@ -61,7 +62,7 @@ def profile_naive() -> ResponseReturnValue:
     client = OAuth2Session(  # the recipe from requests-oauthlib's documentation
         config["TOKENGUARD_CLIENT_ID"],
         token=token,
-        auto_refresh_url=config["TOKENGUARD_TOKEN_URL"],
+        auto_refresh_url=config["TOKENGUARD_TOKEN_URL"] or guard_endpoints().token_url,
         auto_refresh_kwargs={
             "client_id": config["TOKENGUARD_CLIENT_ID"],
             "client_secret": config["TOKENGUARD_CLIENT_SECRET"],
@@ -69,7 +70,7 @@ def profile_naive() -> ResponseReturnValue:
         token_updater=naive.save,
     )
     try:
-        reply = client.get(config["EXAMPLE_API_URL"], timeout=config["EXAMPLE_API_TIMEOUT"])
+        reply = client.get(api_url(), timeout=config["EXAMPLE_API_TIMEOUT"])
     except InsecureTransportError:
         message = (
             "requests-oauthlib refuses plain http://; the example allows it only to 127.0.0.1,"
@@ -92,6 +93,19 @@ def profile_naive() -> ResponseReturnValue:
         return jsonify(error="the API did not answer JSON"), 502
 
 
+def guard_endpoints() -> Endpoints:
+    """The provider's endpoints as the extension knows them (configured or discovered)."""
+    return cast(TokenGuard, current_app.extensions["tokenguard"].guard).endpoints()
+
+
+def api_url() -> str:
+    """``EXAMPLE_API_URL``, by default the provider's userinfo endpoint (discovered)."""
+    url = current_app.config.get("EXAMPLE_API_URL") or guard_endpoints().userinfo_url
+    if not url:
+        raise ConfigurationError("EXAMPLE_API_URL is required: the provider has no userinfo")
+    return str(url)
+
+
 # -- plain http on this host --------------------------------------------------------------------
 
 
@@ -107,7 +121,8 @@ def allow_loopback_http(config: Mapping[str, Any]) -> bool:
     extension's own calls do not depend on it: ``TOKENGUARD_ALLOW_INSECURE_LOOPBACK`` allows
     them loopback http. Returns whether plain http is allowed.
     """
-    urls = [config.get(key) for key in ("TOKENGUARD_TOKEN_URL", "EXAMPLE_API_URL")]
+    keys = ("TOKENGUARD_TOKEN_URL", "TOKENGUARD_SERVER_METADATA_URL", "EXAMPLE_API_URL")
+    urls = [config.get(key) for key in keys]
     plain = [urlsplit(url) for url in urls if isinstance(url, str) and url.startswith("http://")]
     if not plain:
         return False

@@ -13,7 +13,7 @@ from .errors import (
     TokenGuardError,
 )
 from .extension import TokenGuard
-from .signals import token_refresh_failed, token_refreshed
+from .signals import token_refresh_failed, token_refreshed, user_signed_in
 from .token import Token, TokenState
 
 __all__ = [
@@ -29,4 +29,5 @@ __all__ = [
     "TokenState",
     "token_refresh_failed",
     "token_refreshed",
+    "user_signed_in",
 ]

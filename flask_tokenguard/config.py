@@ -46,6 +46,16 @@ class ConfigKeys:
     SECRET_FALLBACKS = "TOKENGUARD_SECRET_FALLBACKS"  # noqa: S105
     ALLOW_INSECURE_LOOPBACK = "TOKENGUARD_ALLOW_INSECURE_LOOPBACK"
     TOKEN_STORAGE = "TOKENGUARD_TOKEN_STORAGE"  # noqa: S105
+    SERVER_METADATA_URL = "TOKENGUARD_SERVER_METADATA_URL"
+    METADATA_TTL = "TOKENGUARD_METADATA_TTL"
+    ISSUER = "TOKENGUARD_ISSUER"
+    USERINFO_URL = "TOKENGUARD_USERINFO_URL"
+    REVOCATION_URL = "TOKENGUARD_REVOCATION_URL"
+    END_SESSION_URL = "TOKENGUARD_END_SESSION_URL"
+    JWKS_URL = "TOKENGUARD_JWKS_URL"
+    ID_TOKEN_ALGORITHMS = "TOKENGUARD_ID_TOKEN_ALGORITHMS"  # noqa: S105
+    AUTHORIZE_PARAMS = "TOKENGUARD_AUTHORIZE_PARAMS"
+    FETCH_USERINFO = "TOKENGUARD_FETCH_USERINFO"
     GRANT_STORE_URL = "TOKENGUARD_GRANT_STORE_URL"
 
 
@@ -78,6 +88,16 @@ DEFAULTS: Mapping[str, Any] = {
     K.SECRET_FALLBACKS: (),
     K.ALLOW_INSECURE_LOOPBACK: False,
     K.TOKEN_STORAGE: "store",
+    K.SERVER_METADATA_URL: None,
+    K.METADATA_TTL: 3600.0,
+    K.ISSUER: None,
+    K.USERINFO_URL: None,
+    K.REVOCATION_URL: None,
+    K.END_SESSION_URL: None,
+    K.JWKS_URL: None,
+    K.ID_TOKEN_ALGORITHMS: ("RS256", "PS256", "ES256"),
+    K.AUTHORIZE_PARAMS: None,
+    K.FETCH_USERINFO: False,
     K.GRANT_STORE_URL: None,
 }
 
@@ -88,6 +108,24 @@ TOKEN_STORAGES = ("store", "session")
 TRANSIENT_TTL_CAP = 5.0
 #: Hosts to which plain http:// is allowed with TOKENGUARD_ALLOW_INSECURE_LOOPBACK.
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+#: ID token signature algorithms that may be allowed: asymmetric only (never ``none``, never
+#: HMAC, whose "key" would be the public JWKS).
+ID_TOKEN_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+#: Authorization-request parameters the login flow sets itself: TOKENGUARD_AUTHORIZE_PARAMS may
+#: not replace them.
+RESERVED_AUTHORIZE_PARAMS = frozenset(
+    {
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "state",
+        "nonce",
+        "code_challenge",
+        "code_challenge_method",
+    }
+)
 #: Secrets shorter than this (in bytes) are logged as weak.
 MIN_SECRET_BYTES = 32
 
@@ -102,7 +140,7 @@ class Settings:
     client_secret: str | None = field(repr=False)
     client_auth: str
     authorize_url: str | None
-    token_url: str
+    token_url: str | None
     scope: tuple[str, ...] | None
     session_key: str
     leeway: float
@@ -123,6 +161,16 @@ class Settings:
     secret_fallbacks: tuple[str | bytes, ...] = field(repr=False)
     allow_insecure_loopback: bool = False
     token_storage: str = "store"  # noqa: S105 - a storage mode, not a secret
+    server_metadata_url: str | None = None
+    metadata_ttl: float = DEFAULTS[K.METADATA_TTL]
+    issuer: str | None = None
+    userinfo_url: str | None = None
+    revocation_url: str | None = None
+    end_session_url: str | None = None
+    jwks_url: str | None = None
+    id_token_algorithms: tuple[str, ...] = DEFAULTS[K.ID_TOKEN_ALGORITHMS]
+    authorize_params: tuple[tuple[str, str], ...] = ()
+    fetch_userinfo: bool = False
     #: an SQLAlchemy URL, an Engine, or a callable returning one (may hold a password)
     grant_store_url: Any = field(default=None, repr=False)
 
@@ -130,7 +178,9 @@ class Settings:
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
         client_id = _string(config, K.CLIENT_ID, required=True)
         loopback = _bool(config, K.ALLOW_INSECURE_LOOPBACK)
-        token_url = _url(config, K.TOKEN_URL, required=True, loopback=loopback)
+        metadata_url = _url(config, K.SERVER_METADATA_URL, loopback=loopback)
+        # With discovery, the token endpoint may come from the provider's metadata.
+        token_url = _url(config, K.TOKEN_URL, required=metadata_url is None, loopback=loopback)
         client_auth = _choice(config, K.CLIENT_AUTH, CLIENT_AUTH_METHODS)
         client_secret = _string(config, K.CLIENT_SECRET)
         if client_auth != "none" and not client_secret:
@@ -194,6 +244,16 @@ class Settings:
             secret_fallbacks=tuple(fallbacks),
             allow_insecure_loopback=loopback,
             token_storage=_choice(config, K.TOKEN_STORAGE, TOKEN_STORAGES),
+            server_metadata_url=metadata_url,
+            metadata_ttl=_seconds(config, K.METADATA_TTL, positive=True),
+            issuer=_string(config, K.ISSUER),
+            userinfo_url=_url(config, K.USERINFO_URL, loopback=loopback),
+            revocation_url=_url(config, K.REVOCATION_URL, loopback=loopback),
+            end_session_url=_url(config, K.END_SESSION_URL, loopback=loopback),
+            jwks_url=_url(config, K.JWKS_URL, loopback=loopback),
+            id_token_algorithms=_algorithms(config),
+            authorize_params=_authorize_params(config),
+            fetch_userinfo=_bool(config, K.FETCH_USERINFO),
             grant_store_url=_grant_store(config),
         )
 
@@ -247,6 +307,15 @@ def _url(
     value = _string(config, key, required=required)
     if value is None:
         return None
+    return check_url(value, key, loopback=loopback)
+
+
+def check_url(value: str, key: str, *, loopback: bool = False) -> str:
+    """``value`` if it is an https:// URL (http:// only to loopback, with the opt-in key).
+
+    Also applied to the endpoints discovered from ``TOKENGUARD_SERVER_METADATA_URL``; ``key``
+    names where the URL came from.
+    """
     try:
         parts = urlsplit(value)
         host = parts.hostname
@@ -352,3 +421,34 @@ def _scope(config: Mapping[str, Any]) -> tuple[str, ...] | None:
     if isinstance(value, Iterable) and all(isinstance(s, str) for s in value):
         return tuple(value)
     raise ConfigurationError(f"{K.SCOPE} must be a string or a list of strings")
+
+
+def _algorithms(config: Mapping[str, Any]) -> tuple[str, ...]:
+    value = _sequence(config, K.ID_TOKEN_ALGORITHMS)
+    if not value or not all(isinstance(a, str) and a in ID_TOKEN_ALGORITHMS for a in value):
+        raise ConfigurationError(
+            f"{K.ID_TOKEN_ALGORITHMS} must list asymmetric JWS algorithms among"
+            f" {', '.join(sorted(ID_TOKEN_ALGORITHMS))} (never none, never HMAC)"
+        )
+    return tuple(value)
+
+
+def _authorize_params(config: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    value = config.get(K.AUTHORIZE_PARAMS)
+    if value is None or value == "":
+        return ()
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"{K.AUTHORIZE_PARAMS} must be a dict of parameter names to values,"
+            ' e.g. {"prompt": "consent"}'
+        )
+    params = []
+    for name, item in value.items():
+        if not isinstance(name, str) or name in RESERVED_AUTHORIZE_PARAMS:
+            raise ConfigurationError(
+                f"{K.AUTHORIZE_PARAMS} may not set {name!r}: the login flow sets it"
+            )
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            raise ConfigurationError(f"{K.AUTHORIZE_PARAMS}[{name!r}] must be a string")
+        params.append((name, str(item)))
+    return tuple(params)

@@ -19,7 +19,6 @@ Nothing here knows about Flask.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
@@ -28,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .config import DEFAULTS, TRANSIENT_TTL_CAP, Settings
 from .config import ConfigKeys as K
@@ -57,6 +56,18 @@ log = logging.getLogger("flask_tokenguard")
 #: Called by the thread that called the provider: (new token, None) or (None, error).
 OutcomeCallback = Callable[[Token | None, RefreshError | None], None]
 
+class Vetter(Protocol):
+    """Checks a refresh's outcome before anyone adopts it (the ID token checks, for one)."""
+
+    def vet(self, old: Token, new: Token) -> Token:
+        """Run by the leader before publishing: the token to publish, or raise InvalidGrant."""
+        ...
+
+    def check_adopted(self, old: Token, new: Token) -> None:
+        """Run on a result adopted from the store: raise InvalidGrant if it is not ``old``'s."""
+        ...
+
+
 _MAX_CHAIN = 32
 #: The least time left on a deadline for which a leader still sends a refresh.
 _MIN_SEND_BUDGET = 0.5
@@ -73,6 +84,8 @@ class Policy:
     retry_after: float = DEFAULTS[K.RETRY_AFTER]
     provider_grace: float = DEFAULTS[K.PROVIDER_GRACE]
     store_fallback: str = DEFAULTS[K.STORE_FALLBACK]
+    #: how long a logout's tombstone lasts: at least as long as a session can
+    revoked_ttl: float = DEFAULTS[K.RESULT_TTL]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -84,6 +97,7 @@ class Policy:
             retry_after=settings.retry_after,
             provider_grace=settings.provider_grace,
             store_fallback=settings.store_fallback,
+            revoked_ttl=settings.result_ttl,
         )
 
     def publish_ttl(self, error: RefreshError) -> float:
@@ -192,8 +206,10 @@ class Coordinator:
         keys: KeyNames,
         codec: RecordCodec,
         policy: Policy | None = None,
+        vetter: Vetter | None = None,
     ) -> None:
         self.client = client
+        self.vetter = vetter
         self.store = store
         self.keys = keys
         self.codec = codec
@@ -219,8 +235,18 @@ class Coordinator:
         refresh_token = token.get("refresh_token")
         if not isinstance(refresh_token, str) or not refresh_token:
             raise InvalidGrant("the token has no refresh token")
-        grant = Grant(refresh_token, functools.partial(self.client.refresh, refresh_token))
-        return self.run(grant, deadline, on_outcome)
+        vetter = self.vetter
+
+        def send(timeout: float) -> Token:
+            new = self.client.refresh(refresh_token, timeout)
+            # Checked in the leader, before the outcome is published: every waiter, in every
+            # process, gets the same verdict (an ID token naming another user fails for all).
+            return new if vetter is None else vetter.vet(token, new)
+
+        new, called = self.run(Grant(refresh_token, send), deadline, on_outcome)
+        if not called and vetter is not None:
+            vetter.check_adopted(token, new)
+        return new, called
 
     def run(
         self, grant: Grant, deadline: Deadline, on_outcome: OutcomeCallback | None = None
@@ -241,15 +267,18 @@ class Coordinator:
             ) from None
         return new, called and led
 
-    def newest(self, refresh_token: str) -> Token | None:
+    def newest(self, refresh_token: str, previous: Token | None = None) -> Token | None:
         """The newest published successor of ``refresh_token``, if any (no provider call).
 
         Failures and store errors count as "none known": this serves the lost-update guard,
-        which must never break a response.
+        which must never break a response. With ``previous`` (the token being healed), a
+        successor must also pass the vetter's adoption check (the same user).
         """
         for store in self._stores():
             try:
                 found = self._adopt(store, refresh_token)
+                if found is not None and previous is not None and self.vetter is not None:
+                    self.vetter.check_adopted(previous, found)
             except (RefreshError, StoreError):
                 continue
             if found is not None:
@@ -264,7 +293,7 @@ class Coordinator:
                 store.publish(
                     key,
                     self.codec.encode(key, {"outcome": Outcome.REVOKED.value}),
-                    self.policy.result_ttl,
+                    max(self.policy.revoked_ttl, self.policy.result_ttl),
                 )
             except StoreError:
                 log.warning("could not record a logout in the shared store")
@@ -281,6 +310,18 @@ class Coordinator:
         return False
 
     # -- the protocol ----------------------------------------------------------------------
+
+    def _revoked_in(self, store: Store, refresh_token: str) -> bool:
+        """Whether a logout's tombstone lies in ``store`` for ``refresh_token``."""
+        key = self.keys.revoked(refresh_token)
+        text = store.read(key)
+        return text is not None and self.codec.decode(key, text) is not None
+
+    def _revoked_quietly(self, store: Store, refresh_token: str) -> bool:
+        try:
+            return self._revoked_in(store, refresh_token)
+        except StoreError:
+            return False
 
     def _stores(self) -> list[Store]:
         return [self.store, self._local] if self._outage else [self.store]
@@ -317,6 +358,9 @@ class Coordinator:
     ) -> tuple[Token, bool]:
         refresh_token = grant.key
         claim_key = self.keys.claim(refresh_token)
+        if grant.follow and self._revoked_in(store, refresh_token):
+            # Signed out: checked before any claim or provider call.
+            raise InvalidGrant("signed out: this refresh token is not used again")
         found = self._adopt(store, refresh_token, follow=grant.follow)
         if found is not None:
             return found, False
@@ -467,6 +511,8 @@ class Coordinator:
             following = newest.get("refresh_token")
             if not follow or not isinstance(following, str) or following == current:
                 break  # a provider that does not rotate
+            if self._revoked_in(store, following):
+                raise InvalidGrant("signed out: the successor of this token was logged out")
             current = following
         return newest
 
@@ -477,6 +523,11 @@ class Coordinator:
             hold = self.policy.hold(outcome)
             if hold is not None:
                 record["until"] = record["at"] + hold
+        elif self._revoked_quietly(store, refresh_token):
+            # Signed out while the call was in flight: no success is ever published for it.
+            log.info("a refresh finished after its session signed out; not published")
+            refused = InvalidGrant("signed out during the refresh")
+            record, ttl = self.codec.failure(refused), self.policy.publish_ttl(refused)
         else:
             record, ttl = self.codec.success(outcome), self.policy.result_ttl
         try:

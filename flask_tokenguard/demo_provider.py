@@ -11,6 +11,8 @@ from typing import Any
 from .testing import provider as _provider
 
 __all__ = _provider.__all__
+#: Loaded now: importing this module without the demo extra says which extra to install.
+main = _provider.main
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +20,4 @@ def __getattr__(name: str) -> Any:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_provider.main())
+    raise SystemExit(main())

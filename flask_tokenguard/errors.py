@@ -54,6 +54,13 @@ class LoginError(TokenGuardError):
     """The authorization-code callback failed (bad state, provider error, no token)."""
 
 
+class IdTokenError(TokenGuardError):
+    """An ID token failed validation (signature, algorithm, issuer, audience, expiry, nonce).
+
+    At sign-in it becomes a :class:`LoginError`; on refresh an :class:`InvalidGrant`.
+    """
+
+
 class RefreshError(TokenGuardError):
     """A refresh did not produce a new token.
 

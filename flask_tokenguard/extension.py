@@ -12,6 +12,7 @@ session here: no ``Vary: Cookie``, no ``Set-Cookie``, no session store round tri
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 import os
@@ -19,13 +20,15 @@ import shlex
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
+from urllib.parse import urlencode
 
 import requests
 from flask import (
     Blueprint,
     Flask,
+    abort,
     current_app,
     g,
     jsonify,
@@ -43,22 +46,25 @@ from .bearer import BearerSession
 from .cli import tokenguard_cli
 from .config import DEFAULTS, ConfigKeys, Settings, check_secret, unknown_keys
 from .coordinator import Coordinator, Policy
+from .discovery import Discovery, Endpoints
 from .errors import (
     ConfigurationError,
+    IdTokenError,
     RefreshError,
     StoreError,
     StoreUnavailable,
     TokenGuardError,
 )
+from .idtoken import LOGOUT_TOKEN_MAX_AGE, IdTokens, user_claims
 from .keys import KeyNames
-from .login import LoginFlow
+from .login import LoginFlow, SignIn, safe_next
 from .logs import install_redaction
-from .provider import ClientCredentials, RefreshClient
+from .provider import ClientCredentials, RefreshClient, fetch_userinfo, revoke_tokens
 from .records import RecordCodec
 from .rules import Decision, RequestState, TokenHolder, TokenRules, Verdict
 from .sealing import Sealer
 from .session import SessionTokens
-from .signals import token_refresh_failed, token_refreshed
+from .signals import token_refresh_failed, token_refreshed, user_signed_in
 from .stores.base import Store
 from .stores.uri import store_from_uri
 from .tickets import TicketTokens
@@ -73,11 +79,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXTENSION_KEY = "tokenguard"
 _G = "_tokenguard"
 _EXEMPT_ATTR = "_tokenguard_exempt"
+_G_NEXT = "_tokenguard_next"
 _GRANT_STORE_LOCK = threading.Lock()
 
 #: What clients are told; details (hosts, provider error text) go to the log only.
 UNAUTHORIZED_MESSAGE = "sign-in required"
 UNAVAILABLE_MESSAGE = "the sign-in could not be renewed just now; try again shortly"
+
+
+def _exempt(view: F) -> F:
+    """Mark a view the ``before_request`` hook skips (as ``guard.exempt`` does)."""
+    setattr(view, _EXEMPT_ATTR, True)
+    return view
 
 
 @dataclass(eq=False)
@@ -89,6 +102,8 @@ class _AppState:
     rules: TokenRules
     login: LoginFlow
     store: Store
+    discovery: Discovery
+    credentials: ClientCredentials
     app_tokens: AppTokens
     #: endpoint -> whether the hook skips it (an endpoint's view and blueprints never change)
     exempt: dict[str | None, bool] = field(default_factory=dict)
@@ -131,11 +146,45 @@ class TokenGuard:
         credentials = ClientCredentials(
             settings.client_id, settings.client_secret, settings.client_auth
         )
+        discovery = Discovery.from_settings(settings)
+        id_tokens = (
+            IdTokens(
+                discovery,
+                settings.client_id,
+                algorithms=settings.id_token_algorithms,
+                timeout=settings.provider_timeout,
+            )
+            if settings.server_metadata_url or settings.issuer
+            else None
+        )
+        if id_tokens is None and settings.scope and "openid" in settings.scope:
+            log.warning(
+                "%s asks for openid, but ID tokens cannot be validated without %s (or %s and"
+                " %s): guard.user stays None",
+                ConfigKeys.SCOPE,
+                ConfigKeys.SERVER_METADATA_URL,
+                ConfigKeys.ISSUER,
+                ConfigKeys.JWKS_URL,
+            )
+        # A logout's tombstone lasts as long as a session can (a copied cookie included).
+        session_lifetime = app.permanent_session_lifetime.total_seconds()
         client = RefreshClient(
-            settings.token_url, credentials, default_retry_after=settings.retry_after
+            settings.token_url or discovery.token_url,
+            credentials,
+            default_retry_after=settings.retry_after,
         )
         codec = RecordCodec(Sealer(secrets, "store"))
-        coordinator = Coordinator(client, store, keys, codec, Policy.from_settings(settings))
+        coordinator = Coordinator(
+            client,
+            store,
+            keys,
+            codec,
+            replace(
+                Policy.from_settings(settings),
+                revoked_ttl=max(settings.result_ttl, session_lifetime),
+            ),
+            vetter=id_tokens,
+        )
         tokens: TokenHolder
         if settings.token_storage == "store":  # noqa: S105 - a storage mode
             tokens = TicketTokens(
@@ -144,7 +193,7 @@ class TokenGuard:
                 keys,
                 secrets,
                 settings.leeway,
-                lifetime=app.permanent_session_lifetime.total_seconds(),
+                lifetime=session_lifetime,
             )
         else:
             tokens = SessionTokens(
@@ -155,14 +204,17 @@ class TokenGuard:
             settings=settings,
             rules=TokenRules(tokens, coordinator, settings.wait_timeout),
             login=LoginFlow(
-                authorize_url=settings.authorize_url,
-                token_url=settings.token_url,
+                discovery=discovery,
                 credentials=credentials,
                 scope=settings.scope,
                 session_key=settings.session_key,
                 timeout=settings.provider_timeout,
+                id_tokens=id_tokens,
+                authorize_params=dict(settings.authorize_params),
             ),
             store=store,
+            discovery=discovery,
+            credentials=credentials,
             app_tokens=AppTokens(
                 coordinator,
                 client,
@@ -239,8 +291,10 @@ class TokenGuard:
             return cast(ResponseReturnValue, current_app.ensure_sync(self._unauthorized)())
         login_view = self._state().settings.login_view
         if login_view and request.accept_mimetypes.best == "text/html":
+            query = request.query_string.decode("latin-1")
+            here = safe_next(f"{request.path}?{query}" if query else request.path)
             try:
-                return redirect(url_for(login_view))
+                return redirect(url_for(login_view, next=here))
             except BuildError:
                 raise ConfigurationError(
                     f"{ConfigKeys.LOGIN_VIEW} {login_view!r} is not an endpoint of this app"
@@ -282,16 +336,26 @@ class TokenGuard:
         if isinstance(obj, Blueprint):
             self._exempt_blueprints.add(obj.name)
         else:
-            setattr(obj, _EXEMPT_ATTR, True)
+            _exempt(obj)
         return obj
 
     def token_required(self, view: F) -> F:
         """Protect a view: a fresh token, or the unauthorized (401) or unavailable (503) answer."""
 
+        # Decided once: Flask's ensure_sync inspects the view on every call.
+        is_async = inspect.iscoroutinefunction(view)
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return (
+                current_app.ensure_sync(view)(*args, **kwargs)
+                if is_async
+                else view(*args, **kwargs)
+            )
+
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if request.method == "OPTIONS":
-                return current_app.ensure_sync(view)(*args, **kwargs)
+                return run(*args, **kwargs)
             state = self._state()
             if not self._has_cookie(state):
                 return self.unauthorized()
@@ -299,7 +363,8 @@ class TokenGuard:
             denied = self._answer(state.rules.verdict(session, request_state))
             if denied is not None:
                 return denied
-            return current_app.ensure_sync(view)(*args, **kwargs)
+            request_state.protected = True
+            return run(*args, **kwargs)
 
         return cast(F, wrapper)
 
@@ -307,13 +372,19 @@ class TokenGuard:
     def token(self) -> Token | None:
         """The current request's token (refreshed if due), or None when there is none.
 
-        The natural check works: ``if guard.token is None: ...``. Raises nothing for a signed
-        out request; ``guard.error`` says why there is no token.
+        The natural check works: ``if guard.token is None: ...``; ``guard.error`` says why there
+        is none. Inside a ``token_required`` view the token is there: one that fails to open
+        there (tampered, or signed out meanwhile) ends the request with the unauthorized answer.
         """
         state = self._state()
         if not self._has_cookie(state):
             return None
-        return state.rules.open(session, self._check(state))
+        request_state = self._check(state)
+        token = state.rules.open(session, request_state)
+        if token is None and request_state.protected:
+            denied = self._answer(state.rules.verdict(session, request_state))
+            abort(current_app.make_response(denied or self.unauthorized()))
+        return token
 
     def peek(self) -> dict[str, Any] | None:
         """The token's status without opening or refreshing it: for status pages.
@@ -388,7 +459,7 @@ class TokenGuard:
         """
         state = self._state()
         request_state = self._request_state()
-        return state.rules.refresh_now(session, request_state, self._announcer())
+        return state.rules.refresh_now(session, request_state, _announce)
 
     def grant_store(self) -> GrantStore:
         """The durable grant store of ``TOKENGUARD_GRANT_STORE_URL``, opened on first use.
@@ -416,14 +487,126 @@ class TokenGuard:
     # -- sign-in and sign-out --------------------------------------------------------------
 
     def authorize_redirect(self, redirect_uri: str, **params: str) -> BaseResponse:
-        """Redirect to the provider's authorization endpoint (code flow, PKCE S256, state)."""
-        url = self._state().login.begin(session, redirect_uri, **params)
+        """Redirect to the provider's authorization endpoint (code flow, PKCE S256, state,
+        and a nonce when ``openid`` is in the scope).
+
+        ``params`` are added to the request (over ``TOKENGUARD_AUTHORIZE_PARAMS``). A safe
+        ``next`` in this request's query (a path on this host) is kept for
+        :meth:`next_url` after the callback.
+        """
+        next_path = safe_next(request.args.get("next"))
+        url = self._state().login.begin(session, redirect_uri, next_path=next_path, **params)
         return redirect(url)
 
     def authorize_callback(self) -> Token:
-        """Exchange the callback's code and sign the session in; raises :class:`LoginError`."""
-        token = self._state().login.complete(session, request.args)
-        return self.login(token)
+        """Exchange the callback's code and sign the session in; raises :class:`LoginError`.
+
+        The ID token (OpenID Connect) is validated, its claims become :attr:`user`, the session
+        is regenerated, and ``user_signed_in`` is sent.
+        """
+        state = self._state()
+        sign_in = state.login.complete(session, request.args)
+        setattr(g, _G_NEXT, sign_in.next)
+        return self._sign_in(state, sign_in)
+
+    def _sign_in(self, state: _AppState, sign_in: SignIn) -> Token:
+        tokens = state.rules.tokens
+        claims = dict(sign_in.claims)
+        token = sign_in.token
+        if state.settings.fetch_userinfo:
+            claims.update(self._userinfo(state, token, claims))
+        if not token.get("refresh_token"):
+            log.warning(
+                "the sign-in brought no refresh token: the session ends when the access token"
+                " expires. Usually the provider wants to be asked: node-oidc-provider drops"
+                " offline_access unless the request carries prompt=consent, Google wants"
+                " access_type=offline, Auth0 and Entra ID want the offline_access scope (see"
+                " %s and %s)",
+                ConfigKeys.SCOPE,
+                ConfigKeys.AUTHORIZE_PARAMS,
+            )
+        # Nothing of the session before sign-in carries over into the signed-in one: a
+        # session id planted before it is worthless after it, and a token it held is marked
+        # logged out (a copy of the old cookie never refreshes it again).
+        if tokens.key in session:
+            state.rules.logout(session, self._request_state())
+        for key in (tokens.key, tokens.sid_key, tokens.user_key):
+            session.pop(key, None)
+        subject, sid = (claims.get("sub"), claims.get("sid")) if claims else (None, None)
+        token = state.rules.login(
+            session,
+            self._request_state(),
+            token,
+            subject if isinstance(subject, str) else None,
+            sid if isinstance(sid, str) else None,
+        )
+        if claims:
+            session[tokens.user_key] = user_claims(claims)
+        self._regenerate()
+        user_signed_in.send(
+            current_app._get_current_object(),  # type: ignore[attr-defined]
+            token=token,
+            claims=self.user,
+        )
+        return token
+
+    def _userinfo(self, state: _AppState, token: Token, claims: dict[str, Any]) -> dict[str, Any]:
+        url = state.discovery.endpoints().userinfo_url
+        if not url:
+            log.warning(
+                "%s is on but the provider's userinfo endpoint is unknown (set %s)",
+                ConfigKeys.FETCH_USERINFO,
+                ConfigKeys.USERINFO_URL,
+            )
+            return {}
+        try:
+            info = fetch_userinfo(
+                url, str(token["access_token"]), timeout=state.settings.provider_timeout
+            )
+        except (requests.RequestException, ValueError, RecursionError) as exc:
+            log.warning("the userinfo request failed (%s); signing in without it", exc)
+            return {}
+        if "sub" in claims and info.get("sub") != claims["sub"]:
+            log.warning("the userinfo answer names another subject; ignored")
+            return {}
+        return info
+
+    @staticmethod
+    def _regenerate() -> None:
+        """A new session id: Flask-Session's ``regenerate`` where the interface has it.
+
+        Flask's cookie session has no server-side id; there the extension's own id (which its
+        seals are bound to) was replaced above.
+        """
+        regenerate = getattr(current_app.session_interface, "regenerate", None)
+        if callable(regenerate) and session:
+            regenerate(session)
+
+    def endpoints(self) -> Endpoints:
+        """The provider's endpoints: the configured ones, completed by discovery (fetched on
+        first use). Raises :class:`ConfigurationError` when the metadata cannot be had."""
+        return self._state().discovery.endpoints()
+
+    @property
+    def user(self) -> dict[str, Any] | None:
+        """The signed-in user's claims (ID token, merged with userinfo where configured), or
+        None when nobody is signed in. Read from the session: no token opened, no I/O."""
+        state = self._state()
+        if not self._has_cookie(state):
+            return None
+        tokens = state.rules.tokens
+        claims = session.get(tokens.user_key)
+        if tokens.key not in session or not isinstance(claims, dict):
+            return None
+        return claims
+
+    def next_url(self, default: str = "/") -> str:
+        """Where to go after sign-in: the ``next`` path the sign-in started with (a path on
+        this host, checked), else this request's own ``next`` if safe, else ``default``."""
+        kept = g.get(_G_NEXT)
+        if isinstance(kept, str):
+            return kept
+        return safe_next(request.args.get("next")) or default
 
     def login(self, token: Token, subject: str | None = None) -> Token:
         """Sign the session in with ``token`` (after a code exchange of your own, say).
@@ -442,9 +625,121 @@ class TokenGuard:
         """
         return self._state().rules.logout_all(subject)
 
+    @_exempt
+    def backchannel_logout(self) -> ResponseReturnValue:
+        """The view an OpenID Provider POSTs logout tokens to (Back-Channel Logout 1.0).
+
+        Register it on a path you give the provider as the client's
+        ``backchannel_logout_uri``::
+
+            app.add_url_rule("/backchannel-logout", view_func=guard.backchannel_logout,
+                             methods=["POST"])
+
+        The logout token is validated (signature, ``iss``, ``aud``, ``iat``, the logout event,
+        ``sid`` or ``sub``, no ``nonce``, a ``jti`` not seen before); then the sessions it names
+        (by ``sid``, else every session of the ``sub``) lose their tokens at once. 200 on
+        success, 400 for a token that does not validate (the reason goes to the log), 501 with
+        ``TOKENGUARD_TOKEN_STORAGE = "session"`` (the tokens travel in the sessions).
+        """
+        state = self._state()
+        headers = {"Cache-Control": "no-store"}
+        id_tokens = state.login.id_tokens
+        if id_tokens is None or state.settings.token_storage != "store":  # noqa: S105
+            log.error(
+                "a back-channel logout arrived, but it needs ID token validation (%s) and"
+                " tokens kept in the store (%s = 'store')",
+                ConfigKeys.SERVER_METADATA_URL,
+                ConfigKeys.TOKEN_STORAGE,
+            )
+            return jsonify(error="not_implemented"), 501, headers
+        try:
+            claims = id_tokens.validate_logout_token(request.form.get("logout_token"))
+            fresh = state.store.swap(
+                state.rules.tokens.keys.logout_token(claims["jti"]),
+                None,
+                "used",
+                LOGOUT_TOKEN_MAX_AGE * 2,
+            )
+            if not fresh:
+                raise IdTokenError("the logout token was used before")
+            sid, sub = claims.get("sid"), claims.get("sub")
+            if isinstance(sid, str) and sid:
+                ended = state.rules.logout_provider_session(sid)
+            else:
+                ended = state.rules.logout_all(str(sub))
+        except (IdTokenError, ConfigurationError) as exc:
+            log.warning("a back-channel logout was refused: %s", exc)
+            return jsonify(error="invalid_request"), 400, headers
+        except StoreError as exc:
+            log.error("a back-channel logout could not be carried out: %s", exc)
+            return jsonify(error="temporarily_unavailable"), 503, headers
+        log.info("back-channel logout: %d session(s) ended", ended)
+        return "", 200, headers
+
     def logout(self) -> None:
-        """Remove the token; a refresh still in flight elsewhere will not bring it back."""
-        self._state().rules.logout(session, self._request_state())
+        """Sign out: remove the token (a refresh still in flight elsewhere will not bring it
+        back), end the grant at the provider (RFC 7009, where it has a revocation endpoint),
+        and regenerate the session."""
+        self._logout()
+
+    def logout_redirect(
+        self, post_logout_redirect_uri: str | None = None, state: str | None = None
+    ) -> BaseResponse:
+        """Sign out here, then at the provider (OpenID Connect RP-initiated logout).
+
+        Redirects to the provider's ``end_session_endpoint`` with ``id_token_hint``,
+        ``client_id``, ``post_logout_redirect_uri`` and ``state``; without one, straight to
+        ``post_logout_redirect_uri`` (or ``/``).
+        """
+        app_state = self._state()
+        token = self._logout()
+        try:
+            end_session = app_state.discovery.endpoints().end_session_url
+        except ConfigurationError as exc:
+            log.warning("RP-initiated logout skipped: %s", exc)
+            end_session = None
+        if not end_session:
+            return redirect(post_logout_redirect_uri or "/")
+        params = {"client_id": app_state.settings.client_id}
+        id_token = token.get("id_token") if token is not None else None
+        if isinstance(id_token, str) and id_token:
+            params["id_token_hint"] = id_token
+        if post_logout_redirect_uri:
+            params["post_logout_redirect_uri"] = post_logout_redirect_uri
+        if state:
+            params["state"] = state
+        separator = "&" if "?" in end_session else "?"
+        return redirect(f"{end_session}{separator}{urlencode(params)}")
+
+    def _logout(self) -> Token | None:
+        state = self._state()
+        token = state.rules.logout(session, self._request_state())
+        tokens = state.rules.tokens
+        for key in (tokens.sid_key, tokens.user_key):
+            session.pop(key, None)
+        if token is not None:
+            self._revoke_at_provider(state, token)
+        self._regenerate()
+        return token
+
+    @staticmethod
+    def _revoke_at_provider(state: _AppState, token: Token) -> None:
+        try:
+            url = state.settings.revocation_url or state.discovery.endpoints().revocation_url
+        except ConfigurationError as exc:
+            log.warning("the tokens were not revoked at the provider: %s", exc)
+            return
+        if not url:
+            return
+        pairs = [
+            (str(token[name]), hint)
+            for name, hint in (
+                ("refresh_token", "refresh_token"),
+                ("access_token", "access_token"),
+            )
+            if token.get(name)
+        ]
+        revoke_tokens(url, pairs, state.credentials, timeout=state.settings.provider_timeout)
 
     # -- the request cycle -----------------------------------------------------------------
 
@@ -488,7 +783,7 @@ class TokenGuard:
     def _check(self, state: _AppState) -> RequestState:
         request_state = self._request_state()
         if not request_state.checked:
-            state.rules.check(session, request_state, on_outcome=self._announcer())
+            state.rules.check(session, request_state, on_outcome=_announce)
         return request_state
 
     @staticmethod
@@ -502,17 +797,14 @@ class TokenGuard:
             state.rules.guard(session, request_state)
         return response
 
-    @staticmethod
-    def _announcer() -> Callable[[Token | None, RefreshError | None], None]:
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
 
-        def announce(new: Token | None, error: RefreshError | None) -> None:
-            if new is not None:
-                token_refreshed.send(app, token=new)
-            else:
-                token_refresh_failed.send(app, error=error)
-
-        return announce
+def _announce(new: Token | None, error: RefreshError | None) -> None:
+    """The signals of a provider call, sent by the request whose thread made it."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if new is not None:
+        token_refreshed.send(app, token=new)
+    else:
+        token_refresh_failed.send(app, error=error)
 
 
 def _session_cookie() -> str:

@@ -62,3 +62,11 @@ class KeyNames:
     def subject(self, subject: str) -> str:
         """The index of a subject's token records (for signing out everywhere)."""
         return f"{self.prefix}:subject:{digest('subject', self.client_id, subject)}"
+
+    def provider_session(self, sid: str) -> str:
+        """The index of the token records of one session at the provider (its ``sid``)."""
+        return f"{self.prefix}:sid:{digest('sid', self.client_id, sid)}"
+
+    def logout_token(self, jti: str) -> str:
+        """A back-channel logout token already used (replays are refused)."""
+        return f"{self.prefix}:jti:{digest('jti', self.client_id, jti)}"

@@ -20,14 +20,19 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 import requests
 import urllib3.exceptions
 
 from .errors import (
+    ConfigurationError,
     InvalidGrant,
     OutcomeUnknown,
     ProviderError,
@@ -36,6 +41,8 @@ from .errors import (
     TokenError,
 )
 from .token import Token, accept
+
+log = logging.getLogger("flask_tokenguard")
 
 _DEFINITIVE_STATUSES = (400, 401, 403)
 _TRANSIENT_STATUSES = (429, 500, 503)
@@ -205,7 +212,7 @@ class RefreshClient:
 
     def __init__(
         self,
-        token_url: str,
+        token_url: str | Callable[[], str],
         credentials: ClientCredentials,
         *,
         default_retry_after: float = 5.0,
@@ -231,10 +238,16 @@ class RefreshClient:
     def _request(
         self, form: dict[str, str], timeout: float, *, previous_refresh_token: str
     ) -> Token:
+        try:
+            # A callable resolves the endpoint from the provider's metadata (no I/O once known).
+            token_url = self.token_url() if callable(self.token_url) else self.token_url
+        except ConfigurationError as exc:
+            log.error("%s", exc)
+            raise ProviderUnavailable("the token endpoint is not known yet") from None
         sent_at = time.time()
         try:
             response = post_token_request(
-                self.token_url,
+                token_url,
                 form,
                 self.credentials,
                 timeout=timeout,
@@ -248,3 +261,67 @@ class RefreshClient:
             default_retry_after=self.default_retry_after,
             sent_at=sent_at,
         )
+
+
+def revoke_tokens(
+    revocation_url: str,
+    tokens: list[tuple[str, str]],
+    credentials: ClientCredentials,
+    *,
+    timeout: float,
+) -> bool:
+    """RFC 7009: revoke each ``(token, token_type_hint)`` in order, all within ``timeout``.
+
+    Runs in a helper thread so the whole call has a deadline. A failure is logged (never a token)
+    and reported as False; the caller signs out locally anyway.
+    """
+    outcome: list[bool] = []
+
+    def run() -> None:
+        ok = True
+        for value, hint in tokens:
+            try:
+                reply = post_token_request(
+                    revocation_url,
+                    {"token": value, "token_type_hint": hint},
+                    credentials,
+                    timeout=timeout,
+                )
+            except Exception as exc:  # logged and reported; never raised into a logout
+                log.warning("revoking the %s at the provider failed (%s)", hint, type(exc).__name__)
+                ok = False
+                continue
+            if reply.status_code != 200:
+                log.warning(
+                    "revoking the %s at the provider failed: it answered %s",
+                    hint,
+                    reply.status_code,
+                )
+                ok = False
+        outcome.append(ok)
+
+    worker = threading.Thread(target=run, name="tokenguard-revoke", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        log.warning("revoking the tokens at the provider took longer than %gs; gave up", timeout)
+        return False
+    return bool(outcome and outcome[0])
+
+
+def fetch_userinfo(userinfo_url: str, access_token: str, *, timeout: float) -> dict[str, Any]:
+    """The userinfo endpoint's JSON object for ``access_token``; raises ``ValueError`` or
+    ``requests.RequestException`` (the caller logs and goes on without it)."""
+    with requests.Session() as http:
+        reply = http.get(
+            userinfo_url,
+            headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+            timeout=(min(5.0, timeout), timeout),
+            allow_redirects=False,
+        )
+    if reply.status_code != 200:
+        raise ValueError(f"the userinfo endpoint answered {reply.status_code}")
+    body = json.loads(reply.text)
+    if not isinstance(body, dict):
+        raise ValueError("the userinfo endpoint did not answer a JSON object")
+    return body

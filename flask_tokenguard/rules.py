@@ -48,6 +48,8 @@ class RequestState:
     error: TokenGuardError | None = None
     refreshed: bool = False
     checked: bool = False
+    #: the request passed ``token_required``: a token that fails to open later ends it
+    protected: bool = False
     deadline: Deadline | None = field(default=None, repr=False)
 
 
@@ -156,7 +158,9 @@ class TokenRules:
         error = state.error
         if record is None:
             return Verdict(Decision.UNAUTHORIZED, error)
-        if self.open(session, state) is None:  # a record that does not open is no token
+        if not self.tokens.opens_cheaply and self.open(session, state) is None:
+            # A record that does not open, or is gone from the store, is no token. (A sealed
+            # token in the session is opened only when the view asks for it.)
             if isinstance(state.error, StoreError):
                 return Verdict(Decision.UNAVAILABLE, state.error)
             return Verdict(Decision.UNAUTHORIZED, state.error)
@@ -198,23 +202,32 @@ class TokenRules:
     # -- writing ---------------------------------------------------------------------------
 
     def login(
-        self, session: Session, state: RequestState, reply: Any, subject: str | None = None
+        self,
+        session: Session,
+        state: RequestState,
+        reply: Any,
+        subject: str | None = None,
+        sid: str | None = None,
     ) -> Token:
         """Make ``reply`` (a token from a sign-in) the session's token; raises TokenError.
 
-        ``subject`` (the user's id at the provider) lets ``logout_all`` find the session.
+        ``subject`` (the user's id at the provider) lets ``logout_all`` find the session, and
+        ``sid`` (the session at the provider) a back-channel logout.
         """
         token = accept(reply)
         self.tokens.clear(session)  # a new sign-in starts a new record
-        state.record = self.tokens.save(session, token, subject=subject)
+        state.record = self.tokens.save(session, token, subject=subject, sid=sid)
         state.token = token
         state.error = None
         state.checked = True
         state.initial_refresh_token = token.get("refresh_token")
         return token
 
-    def logout(self, session: Session, state: RequestState) -> None:
-        """Remove the token; a refresh still in flight elsewhere will not bring it back."""
+    def logout(self, session: Session, state: RequestState) -> Token | None:
+        """Remove the token; a refresh still in flight elsewhere will not bring it back.
+
+        Returns the token removed (to end the grant at the provider), if it opened.
+        """
         try:
             record = self.tokens.peek(session)
         except TokenError:
@@ -232,6 +245,7 @@ class TokenRules:
             log.warning("the token record could not be deleted (%s); it expires on its own", exc)
         state.record = state.token = state.initial_refresh_token = None
         state.checked = True
+        return token
 
     def needs_guard(self, state: RequestState) -> bool:
         """Whether :meth:`guard` must run for this response: only where the session carries
@@ -270,7 +284,7 @@ class TokenRules:
         if any(self.coordinator.is_revoked(rt) for rt in candidates):
             self.tokens.clear(session)
             return
-        newest = self.coordinator.newest(current)
+        newest = self.coordinator.newest(current, token)
         if newest is not None and newest.get("refresh_token") != current:
             self.tokens.save(session, newest, previous=state.record)
 
@@ -295,12 +309,19 @@ class TokenRules:
 
     def logout_all(self, subject: str) -> int:
         """End every session of ``subject``; how many there were (store storage only)."""
+        return self._tickets().logout_all(subject)
+
+    def logout_provider_session(self, sid: str) -> int:
+        """End the sessions signed in through one session at the provider (store storage)."""
+        return self._tickets().logout_provider_session(sid)
+
+    def _tickets(self) -> TicketTokens:
         if not isinstance(self.tokens, TicketTokens):
             raise ConfigurationError(
-                "signing out everywhere needs TOKENGUARD_TOKEN_STORAGE = 'store': with 'session'"
-                " the tokens travel in the sessions themselves"
+                "ending sessions from elsewhere needs TOKENGUARD_TOKEN_STORAGE = 'store': with"
+                " 'session' the tokens travel in the sessions themselves"
             )
-        return self.tokens.logout_all(subject)
+        return self.tokens
 
     def _drop(self, session: Session, state: RequestState, error: TokenGuardError) -> None:
         if isinstance(error, TokenError):

@@ -52,10 +52,14 @@ class SessionTokens:
 
     #: a stale copy of the session can carry an old token back: the lost-update guard runs
     guards_lost_updates = True
+    #: the token is in hand: a protected view opens it only when it asks for it
+    opens_cheaply = True
 
     def __init__(self, key: str, sealer: Sealer, keys: KeyNames, leeway: float) -> None:
         self.key = key
         self.sid_key = f"{key}_sid"
+        #: the signed-in user's claims (``guard.user``): no secret, never a token
+        self.user_key = f"{key}_user"
         self.sealer = sealer
         self.keys = keys
         self.leeway = leeway
@@ -88,6 +92,7 @@ class SessionTokens:
         state: TokenState = TokenState.OK,
         previous: Record | None = None,
         subject: str | None = None,
+        sid: str | None = None,
     ) -> Record:
         refresh = token.get("refresh_token")
         sid = session.get(self.sid_key)
@@ -115,9 +120,10 @@ class SessionTokens:
         return record._replace(box=box)
 
     def clear(self, session: MutableMapping[str, Any]) -> None:
-        if self.key in session:
-            del session[self.key]
-            mark_modified(session)
+        for key in (self.key, self.user_key):
+            if key in session:
+                del session[key]
+                mark_modified(session)
 
     def _aad(self, session: MutableMapping[str, Any], record: Record) -> bytes:
         sid = session.get(self.sid_key)

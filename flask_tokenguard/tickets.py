@@ -12,8 +12,9 @@ backend.
 Records are written with compare-and-set on the text last read (``Store.swap``): a request
 that read an older record never overwrites a newer one; it reads again and takes what is
 there. A record lives as long as the session (``PERMANENT_SESSION_LIFETIME``), renewed when
-it is written and when it is opened past half that time. The subject's index (its records'
-keys) lets ``logout_all(subject)`` end every session of one user.
+it is written and when it is opened past half that time. An index per subject and per session
+at the provider (their records' keys) lets ``logout_all(subject)`` end every session of one user
+and a back-channel logout end the sessions the provider names.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class TicketTokens:
 
     #: the session carries no token, so a stale copy of it cannot bring an old one back
     guards_lost_updates = False
+    #: whether the record still exists takes a store read: a protected view makes it
+    opens_cheaply = False
 
     def __init__(
         self,
@@ -57,6 +60,10 @@ class TicketTokens:
         lifetime: float,
     ) -> None:
         self.key = key
+        #: kept beside the ticket: the signed-in user's claims, and (with sessions that hold
+        #: tokens) a seal id; cleared with it
+        self.sid_key = f"{key}_sid"
+        self.user_key = f"{key}_user"
         self.store = store
         self.keys = keys
         self.secrets = [s.encode("utf-8") if isinstance(s, str) else s for s in secrets]
@@ -119,11 +126,13 @@ class TicketTokens:
         state: TokenState = TokenState.OK,
         previous: Record | None = None,
         subject: str | None = None,
+        sid: str | None = None,
     ) -> Record:
         """Write the record (compare-and-set on ``previous.box``) and the ticket.
 
-        Without a ticket (a sign-in), a new one is made. RecordConflict when the record changed
-        since ``previous`` was read: read it again and take what is there.
+        Without a ticket (a sign-in), a new one is made, indexed under ``subject`` (the user)
+        and ``sid`` (the session at the provider) when given. RecordConflict when the record
+        changed since ``previous`` was read: read it again and take what is there.
         """
         try:
             ticket_id, secret = self._ticket(session) if session.get(self.key) else (None, b"")
@@ -135,12 +144,10 @@ class TicketTokens:
             secret = secrets.token_bytes(_SECRET_BYTES)
         key = self.keys.ticket(ticket_id)
         body: dict[str, Any] = {"v": 1, "token": token, "st": state.value, "at": time.time()}
-        if subject is not None:
-            body["sub"] = subject
-        elif previous is not None and previous.box and not fresh:
-            old = self._open_text(key, previous.box, secret)
-            if isinstance(old.get("sub"), str):
-                body["sub"] = old["sub"]
+        if previous is not None and previous.box and not fresh:
+            old = self._open_text(key, previous.box, secret)  # who it belongs to carries over
+            body.update({k: old[k] for k in ("sub", "sid") if isinstance(old.get(k), str)})
+        body.update({k: v for k, v in (("sub", subject), ("sid", sid)) if v is not None})
         text = self._sealer(secret).seal(
             json.dumps(body, separators=(",", ":")).encode("utf-8"), key.encode("utf-8")
         )
@@ -149,8 +156,10 @@ class TicketTokens:
             if fresh:  # a random 128-bit id already taken: practically never
                 raise StoreError("a new token ticket collided with an existing one")
             raise RecordConflict("the session's token record changed meanwhile")
-        if fresh and isinstance(body.get("sub"), str):
-            self._index(body["sub"], key)
+        if fresh:
+            for name, index in (("sub", self.keys.subject), ("sid", self.keys.provider_session)):
+                if isinstance(body.get(name), str):
+                    self._index(index(body[name]), key)
         stored = self._record(token, state, text)
         self._write_ticket(session, ticket_id, secret, stored)
         return stored
@@ -164,13 +173,20 @@ class TicketTokens:
         except TokenError:
             ticket_id = None
         del session[self.key]
+        session.pop(self.user_key, None)
         mark_modified(session)
         if ticket_id is not None:
             self.store.forget(self.keys.ticket(ticket_id))
 
     def logout_all(self, subject: str) -> int:
         """Delete every record of ``subject``; how many there were."""
-        index = self.keys.subject(subject)
+        return self._end(self.keys.subject(subject))
+
+    def logout_provider_session(self, sid: str) -> int:
+        """Delete the records of one session at the provider (its ``sid``); how many."""
+        return self._end(self.keys.provider_session(sid))
+
+    def _end(self, index: str) -> int:
         text = self.store.read(index)
         keys = _keys(text)
         for key in keys:
@@ -209,9 +225,8 @@ class TicketTokens:
         }
         mark_modified(session)
 
-    def _index(self, subject: str, key: str) -> None:
-        """Add ``key`` to the subject's index (compare-and-set, retried against writers)."""
-        index = self.keys.subject(subject)
+    def _index(self, index: str, key: str) -> None:
+        """Add ``key`` to an index of records (compare-and-set, retried against writers)."""
         for _ in range(_INDEX_TRIES):
             text = self.store.read(index)
             live = [k for k in _keys(text) if k != key]
@@ -220,7 +235,7 @@ class TicketTokens:
             new = json.dumps([*live, key])
             if self.store.swap(index, text, new, self.lifetime):
                 return
-        raise StoreError("could not record the session under its subject (too many writers)")
+        raise StoreError("could not index the session's record (too many writers)")
 
 
 def _keys(text: str | None) -> list[str]:

@@ -121,7 +121,8 @@ def test_html_navigation_is_redirected_to_the_login_view_and_fetch_gets_json(pro
         "/api/profile", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
     )
     assert nav.status_code == 302
-    assert nav.headers["Location"].endswith("/logout")
+    # The redirect carries where the navigation was going, as a path on this host.
+    assert nav.headers["Location"].endswith("/logout?next=/api/profile")
     fetch = client.get("/api/profile", headers={"Accept": "*/*"})
     assert fetch.status_code == 401
     assert fetch.is_json

@@ -20,14 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 NUMBER = r"-?[0-9]+(?:\.[0-9]+)?"
 
 
-def run_quick(script: str) -> str:
+def run_quick(script: str, timeout: float = 60, **env: str) -> str:
     result = subprocess.run(
         [sys.executable, "-W", "error", f"benchmarks/{script}", "--quick"],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -67,3 +67,41 @@ def test_the_soak_runs_in_quick_mode():
     """The soak drives the example app under gunicorn; its quick mode must keep working."""
     output = run_quick("soak.py")
     assert "-> ok" in output, output
+
+
+@pytest.mark.slow
+def test_the_comparison_runs_in_quick_mode_and_only_tokenguard_refreshes_once(redis_url):
+    """Correctness figures only: one refresh per burst, one presentation, nobody signed out.
+
+    The peers are reported, not judged: the table must hold their rows, whatever they show.
+    """
+    out = run_quick("compare.py", timeout=150, TOKENGUARD_REDIS_URL=redis_url)
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in out.splitlines()
+        if re.match(r"^\| \([abc]\) ", line)
+    ]
+    seen = set()
+    for where, n, library, calls, rotations, most, revoked, failed, signed_in, _, _ in rows:
+        seen.add((where[1], int(n), library))
+        if library == "flask-tokenguard":
+            assert (calls, rotations, most, revoked) == ("1", "1", "1", "0"), out
+            assert failed == f"0/{n}", out
+            assert signed_in == "yes", out
+    for scenario in ("a", "b"):
+        for n in (8, 16):
+            for library in ("flask-tokenguard", "requests-oauthlib", "Authlib"):
+                assert (scenario, n, library) in seen, out
+    # every app, peers included, refreshes correctly when nothing races it
+    assert re.search(r"^check, one request alone .*: ok$", out, re.MULTILINE), out
+    users = re.search(r"^scale, 50 users at once .*$", out, re.MULTILINE)
+    assert users, out
+    assert "50 refresh calls, 50 rotations, max presentations 1, 0 failed" in users[0], out
+    assert "0 replies with another user's token" in users[0], out
+    assert users[0].endswith("-> ok"), out
+    waiters = re.search(r"^scale, one user with 64 waiters .*$", out, re.MULTILINE)
+    assert waiters, out
+    assert "1 refresh call, max presentations 1, 0 failed, signed in after: yes" in waiters[0]
+    assert "single-flight map after: 0 entries" in waiters[0], out
+    assert waiters[0].endswith("-> ok"), out
+    assert re.search(r"^summary: .* -> ok$", out, re.MULTILINE), out

@@ -120,6 +120,8 @@ def test_serves_the_demo_and_logs_in_over_http(tmp_path: Path) -> None:
         reply = http.get(example.url + "/api/profile")
         assert reply.status_code == 200, reply.text
         assert reply.json()["profile"]["sub"] == "alice"
+        me = http.get(example.url + "/api/me").json()  # from the validated ID token
+        assert me["sub"] == "alice" and me["claims"]["name"] == "Alice"
         # requests-oauthlib, on plain http to the local provider: allowed by the entry point.
         reply = http.get(example.url + "/api/profile-naive")
         assert reply.status_code == 200, reply.text
@@ -137,6 +139,8 @@ def test_serves_the_demo_and_logs_in_over_http(tmp_path: Path) -> None:
         assert reply.status_code == 401
         assert reply.json()["error"]
         assert http.get(example.url + "/api/profile-naive").status_code == 401
+        reply = http.get(example.url + "/api/me")
+        assert reply.status_code == 401 and reply.json()["error"]
 
         # DNS rebinding: a request naming another host is refused.
         reply = requests.get(example.url + "/", headers={"Host": "attacker.example"}, timeout=10)

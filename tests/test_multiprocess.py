@@ -99,6 +99,25 @@ def test_four_workers_share_one_refresh_through_memcached(
     rotations(provider, http, f"{server.url}/api/profile", rounds=3)
 
 
+def test_real_sized_tokens_across_four_workers_keep_every_cookie_small(
+    provider, gunicorn, redis_url, redis_prefix
+):
+    """8 KB access tokens, kept in the store: one refresh, nothing fails, no cookie over 4 KB."""
+    provider.set_faults(refresh_delay=0.3, access_ttl=4, access_token_size=8000)
+    config = {"TOKENGUARD_KEY_PREFIX": redis_prefix + "tg"}
+    server = gunicorn(redis_url, TG_CONFIG=json.dumps(config))
+    http = new_client(server.url, provider.issue(expires_in=0))
+    result = burst(http, f"{server.url}/api/profile", N)
+    assert result.statuses == [200] * N
+    stats = provider.stats()
+    assert stats["refreshes"] == 1 and stats["max_presentations"] == 1
+    tokens = {r.json()["profile"]["token_fingerprint"] for r in result.replies}
+    assert len(tokens) == 1
+    sizes = [len(h) for r in result.replies for h in r.raw.headers.getlist("Set-Cookie")]
+    assert sizes and max(sizes) < 4096
+    print(f"\n8 KB tokens, 4 workers: largest Set-Cookie {max(sizes)} bytes")
+
+
 @STORAGES
 def test_four_workers_share_one_refresh_through_the_file_store(
     provider, gunicorn, tmp_path, storage

@@ -178,7 +178,6 @@ def test_a_transient_failure_keeps_the_token_and_answers_by_its_expiry(world):
         {"v": 2, "exp": "soon", "due": None, "fp": None, "st": "ok", "box": "x"},
         {"v": 2, "exp": float("nan"), "due": None, "fp": None, "st": "ok", "box": "x"},
         {"v": 2, "exp": None, "due": None, "fp": None, "st": "sure", "box": "x"},
-        {"v": 2, "exp": None, "due": None, "fp": None, "st": "ok", "box": "tg1.forged"},
     ],
 )
 def test_a_malformed_record_is_no_token_and_is_dropped(world, raw):
@@ -188,6 +187,18 @@ def test_a_malformed_record_is_no_token_and_is_dropped(world, raw):
     assert verdict.decision is Decision.UNAUTHORIZED
     assert isinstance(state.error, TokenError)
     assert "_tg" not in session
+
+
+def test_a_sealed_token_that_does_not_open_is_no_token_once_opened(world):
+    """The verdict reads the record's readable part; the token is opened when asked for."""
+    session: dict[str, Any] = {
+        "_tg": {"v": 2, "exp": None, "due": None, "fp": None, "st": "ok", "box": "tg1.forged"}
+    }
+    state = world.rules.check(session, RequestState())
+    assert world.rules.verdict(session, state).decision is Decision.SERVE
+    assert world.rules.open(session, state) is None
+    assert isinstance(state.error, TokenError) and "_tg" not in session
+    assert world.rules.verdict(session, state).decision is Decision.UNAUTHORIZED
 
 
 def test_a_stale_session_heals_from_the_published_result_without_a_provider_call(world):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -174,31 +173,36 @@ def check_lifetime(provider: Any, base: str) -> None:
     assert idle.get(f"{base}/api/profile", timeout=5).status_code == 401
 
 
-def test_what_rests_in_redis_and_in_the_cookie_opens_for_nobody(
-    provider, guarded, redis_url, redis_prefix
+@pytest.mark.parametrize("backend", ["redis", "file"])
+def test_what_rests_in_the_store_and_in_the_cookie_opens_for_nobody(
+    provider, guarded, backend, tmp_path, request
 ):
-    import redis
-
     provider.set_faults(access_ttl=2)
-    base = guarded(
-        TOKENGUARD_CACHE_URL=redis_url,
-        TOKENGUARD_KEY_PREFIX=redis_prefix + "tg",
-        TOKENGUARD_LEEWAY=5,
-    )
+    if backend == "redis":
+        redis_url = request.getfixturevalue("redis_url")
+        prefix = request.getfixturevalue("redis_prefix")
+        config = {"TOKENGUARD_CACHE_URL": redis_url, "TOKENGUARD_KEY_PREFIX": prefix + "tg"}
+    else:
+        config = {"TOKENGUARD_CACHE_URL": f"file://{tmp_path / 'store'}"}
+    base = guarded(TOKENGUARD_LEEWAY=5, **config)
     http = new_client(base, provider.issue(expires_in=0))
     assert burst(http, f"{base}/api/profile", 8).statuses == [200] * 8
-    secrets = provider.issued_tokens()
-    client = redis.Redis.from_url(redis_url)
-    try:
-        stored = [client.get(k) or b"" for k in client.scan_iter(match=redis_prefix + "*")]
-    finally:
-        client.close()
-    assert any(b"tg1." in value for value in stored)  # sealed records are there
+    if backend == "redis":
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        try:
+            stored = [client.get(k) or b"" for k in client.scan_iter(match=prefix + "*")]
+        finally:
+            client.close()
+    else:
+        stored = [p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert any(b"tg1." in value for value in stored)  # the sealed records are there
     everything = b"".join(stored) + json.dumps(dict(http.cookies)).encode()
+    secrets = provider.issued_tokens()
+    assert len(secrets) >= 4
     for secret in secrets:
         assert secret.encode() not in everything
-    host = urlsplit(base).hostname
-    assert host
 
 
 def test_a_tampered_ticket_is_no_token(provider, tmp_path):
@@ -211,3 +215,35 @@ def test_a_tampered_ticket_is_no_token(provider, tmp_path):
         session["_tokenguard"] = ticket
     assert client.get("/api/profile").status_code == 401
     assert provider.stats()["refresh_requests"] == 0
+
+
+def test_a_token_not_due_costs_no_io_and_opening_it_one_store_read():
+    from flask_tokenguard.coordinator import Coordinator
+    from flask_tokenguard.keys import KeyNames
+    from flask_tokenguard.records import RecordCodec
+    from flask_tokenguard.rules import Decision, RequestState, TokenRules
+    from flask_tokenguard.sealing import Sealer
+    from flask_tokenguard.tickets import TicketTokens
+
+    from .test_rules import SECRET, CountingStore, ScriptedProvider, token
+
+    store = CountingStore()
+    keys = KeyNames("client")
+    tickets = TicketTokens("_tg", store, keys, [SECRET], leeway=60, lifetime=3600)
+    coordinator = Coordinator(
+        ScriptedProvider(),  # type: ignore[arg-type]
+        store,
+        keys,
+        RecordCodec(Sealer([SECRET], "store")),
+    )
+    rules = TokenRules(tickets, coordinator, wait_timeout=5)
+    session: dict[str, Any] = {}
+    rules.login(session, RequestState(), token(expires_in=3600))
+    assert "access_token" not in json.dumps(session)  # a ticket, no token
+    store.calls = 0
+    state = rules.check(session, RequestState())
+    assert store.calls == 0  # the fast path
+    assert rules.verdict(session, state).decision is Decision.SERVE
+    assert store.calls == 1  # the protected view's one read
+    assert rules.open(session, state) is not None
+    assert store.calls == 1  # guard.token reuses it

@@ -97,6 +97,11 @@ class Store(abc.ABC):
     shared: bool = True
     #: A value or record larger than this many bytes reads as None (absent), like garbage.
     max_value_bytes: int = MAX_VALUE_BYTES
+    #: Polling :meth:`wait_for`: the first pause between reads, in seconds; it doubles up to
+    #: :attr:`poll_max`. A waiter wakes at most ``poll_max`` after the value lands, and reads
+    #: about ``1 / poll_max`` times a second while it waits (100 for 10 ms).
+    poll_first: float = 0.001
+    poll_max: float = 0.01
 
     @abc.abstractmethod
     def claim(self, key: str, owner: str, ttl: float) -> bool:
@@ -181,12 +186,32 @@ class Store(abc.ABC):
         """
 
     def wait_for(self, key: str, timeout: float) -> str | None:
-        """Wait up to ``timeout`` seconds for a value under ``key``; poll with backoff by default.
+        """Wait up to ``timeout`` seconds for a value under ``key``: the value, or None.
 
-        Backends with a notification mechanism may override this to wake sooner.
+        By default this polls :meth:`read`, every :attr:`poll_first` seconds doubling to
+        :attr:`poll_max`. Backends with a notification mechanism override it to wake sooner.
         """
-        end = time.monotonic() + max(0.0, timeout)
-        delay = 0.002
+        return self._read_until(key, time.monotonic() + max(0.0, timeout))
+
+    def _read_until(
+        self, key: str, end: float, pause: Callable[[float], str | bool] | None = None
+    ) -> str | None:
+        """Read ``key`` until there is a value or the monotonic time ``end`` passes: the value,
+        or None.
+
+        Between reads, ``pause(seconds_left)`` waits for a sign of the value and returns the
+        value itself (taken as it is, not read), True (read again) or False (no more signs
+        will come: poll from now on). Without ``pause``, this polls (see :meth:`wait_for`).
+        """
+        delay = self.poll_first
+
+        def poll(left: float) -> bool:
+            nonlocal delay
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, self.poll_max)
+            return True
+
+        wait = pause or poll
         while True:
             value = self.read(key)
             if value is not None:
@@ -194,8 +219,11 @@ class Store(abc.ABC):
             left = end - time.monotonic()
             if left <= 0:
                 return None
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, 0.02)
+            sign = wait(left)
+            if isinstance(sign, str):
+                return sign
+            if not sign:
+                wait = poll
 
     def uptime(self) -> float | None:
         """Seconds since the store last lost its state (a server start); None if it never does.

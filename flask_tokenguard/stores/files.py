@@ -34,6 +34,15 @@ would let two threads of one process both "hold" a claim):
   shared ``/tmp``) is refused with :class:`ConfigurationError`. One it creates is 0700.
 * Records larger than :attr:`~flask_tokenguard.stores.base.Store.max_value_bytes` (4 MiB) are
   not read whole: they read as void, like any other garbage.
+* **Waiting** (:meth:`FileStore.wait_for`) wakes on the file's appearance, not on a poll: on
+  Linux it watches the directory with inotify (libc's ``inotify_init1`` and
+  ``inotify_add_watch`` through ``ctypes``; a descriptor per waiting thread, kept for the next
+  wait, since closing one takes the kernel 10-20 ms) for the value's
+  name being moved into place (``IN_MOVED_TO``, what ``os.replace`` of a written temp file
+  gives) or written (``IN_CLOSE_WRITE``), reads the value only then, and again every
+  ``reread_interval`` seconds in case an event is lost. The watch is set before the read that
+  follows it, so a value that lands in between is read, not missed. Where inotify is missing
+  (not Linux, the per-user instance limit reached, ``notify=False``) waiters poll.
 
 Why not cachelib's ``FileSystemCache``: it pickles by default, counts expiries in whole seconds
 as a 32-bit number, keeps a shared item counter that it updates without a lock on every write,
@@ -44,12 +53,18 @@ one file per key, named after the key, and every I/O error surfaces as ``StoreUn
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
+import functools
 import hashlib
 import json
+import math
 import os
+import select
 import shlex
 import stat
+import struct
+import sys
 import tempfile
 import threading
 import time
@@ -70,6 +85,88 @@ _LOCKS = ".locks"
 _IDENTITY = ".identity"
 
 _T = TypeVar("_T")
+
+# inotify(7): the events a waiter wakes on, and the ones that end a watch or lose events.
+_IN_CLOSE_WRITE, _IN_MOVED_TO = 0x00000008, 0x00000080
+_IN_Q_OVERFLOW, _IN_IGNORED = 0x00004000, 0x00008000
+_IN_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+
+
+def _libc_inotify() -> Any:
+    """libc with ``inotify_init1`` and ``inotify_add_watch``, or None (not Linux, no libc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.inotify_init1.argtypes = [ctypes.c_int]
+        libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc_inotify()
+
+
+def watch_directory(directory: Path) -> int | None:
+    """A non-blocking inotify descriptor watching ``directory`` for files written or moved in;
+    None where inotify is not there (not Linux, the per-user limit of instances reached)."""
+    if _LIBC is None:
+        return None
+    fd = int(_LIBC.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+    if fd < 0:
+        return None
+    if _LIBC.inotify_add_watch(fd, os.fsencode(directory), _IN_CLOSE_WRITE | _IN_MOVED_TO) < 0:
+        os.close(fd)
+        return None
+    return fd
+
+
+def watched_events(fd: int, timeout: float) -> list[tuple[int, str]]:
+    """The ``(mask, name)`` events queued on ``fd`` within ``timeout`` seconds (0: those
+    queued now), ``[]`` when none came."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if not poller.poll(max(0, math.ceil(timeout * 1000))):
+        return []
+    try:
+        data = os.read(fd, 65536)
+    except BlockingIOError:
+        return []
+    events: list[tuple[int, str]] = []
+    offset = 0
+    while offset + _IN_EVENT.size <= len(data):
+        _wd, mask, _cookie, size = _IN_EVENT.unpack_from(data, offset)
+        offset += _IN_EVENT.size
+        events.append((mask, os.fsdecode(data[offset : offset + size].rstrip(b"\0"))))
+        offset += size
+    return events
+
+
+def wait_for_name(fd: int, name: str, until: float) -> bool:
+    """Wait on the watch ``fd`` until an event names the file ``name``, events were lost (the
+    queue overflowed) or the monotonic time ``until`` passes: True (read again); False once
+    the watch has ended (the directory went away)."""
+    while True:
+        left = until - time.monotonic()
+        if left <= 0:
+            return True
+        for mask, seen in watched_events(fd, left):
+            if mask & _IN_IGNORED:
+                return False
+            if seen == name or mask & _IN_Q_OVERFLOW:
+                return True
+
+
+def drain(fd: int) -> bool:
+    """Drop the events queued on the watch ``fd``: True, or False when the watch has ended."""
+    while True:
+        events = watched_events(fd, 0)
+        if not events:
+            return True
+        if any(mask & _IN_IGNORED for mask, _ in events):
+            return False
+
 
 #: Every FileStore of this process, and the lock files held right now (closed after a fork).
 _INSTANCES: weakref.WeakSet[FileStore] = weakref.WeakSet()
@@ -168,6 +265,12 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
 
 
+def _close_all(fds: list[int]) -> None:
+    """Close every descriptor in ``fds`` (quietly) and empty the list."""
+    while fds:
+        _close_quietly(fds.pop())
+
+
 class UnsafeDirectory(StoreUnavailable):
     """The directory is not this user's own (:func:`unsafe_directory`): it is not used."""
 
@@ -178,9 +281,15 @@ class FileStore(Store):
     :param directory: an absolute path; created with mode 0o700 if missing.
     :param lock_timeout: seconds to wait for a key's lock before :class:`StoreUnavailable`.
     :param sweep_interval: seconds between sweeps of expired files (per instance).
+    :param notify: wait on inotify where it is there; False: poll.
     """
 
     shared = True
+    #: Seconds between re-reads while :meth:`wait_for` waits on inotify, in case an event is lost.
+    reread_interval = 0.25
+    #: Idle inotify descriptors kept for the next waits (closing one costs the kernel a grace
+    #: period, about 10-20 ms, which a waiter would otherwise pay after every wake).
+    idle_watches = 8
 
     def __init__(
         self,
@@ -188,6 +297,7 @@ class FileStore(Store):
         *,
         lock_timeout: float = 1.0,
         sweep_interval: float = 60.0,
+        notify: bool = True,
     ) -> None:
         path = Path(directory)
         if not path.is_absolute():
@@ -195,6 +305,10 @@ class FileStore(Store):
         self.directory = path
         self.lock_timeout = lock_timeout
         self.sweep_interval = sweep_interval
+        self.notify = notify
+        self._watch_lock = threading.Lock()
+        self._watches: list[int] = []  # idle inotify descriptors watching the directory
+        weakref.finalize(self, _close_all, self._watches)
         self._held_lock = threading.Lock()
         # (file name, owner) -> (fd holding the claim record's flock, wall-clock expiry)
         self._held: dict[tuple[str, str], tuple[int, float]] = {}
@@ -374,11 +488,36 @@ class FileStore(Store):
             _close_quietly(fd)
 
     def _after_fork_in_child(self) -> None:
-        # The parent's locks are the parent's: close our copies without unlocking them.
+        # The parent's locks are the parent's: close our copies without unlocking them. The
+        # idle watches are the parent's too (one queue of events, read by whoever reads first).
         self._held_lock = threading.Lock()
         held, self._held = self._held, {}
         for fd, _ in held.values():
             _close_quietly(fd)
+        self._watch_lock = threading.Lock()
+        _close_all(self._watches)
+
+    # -- inotify watches of the directory, reused ---------------------------------------------
+
+    def _take_watch(self) -> int | None:
+        """An inotify descriptor watching the directory, with no events queued; None where
+        inotify is not there."""
+        while True:
+            with self._watch_lock:
+                fd = self._watches.pop() if self._watches else None
+            if fd is None:
+                return watch_directory(self.directory)
+            if self._io(functools.partial(drain, fd)):
+                return fd
+            _close_quietly(fd)  # the directory went away since: its watch ended
+
+    def _give_back(self, fd: int, alive: bool) -> None:
+        if alive:
+            with self._watch_lock:
+                if len(self._watches) < self.idle_watches:
+                    self._watches.append(fd)
+                    return
+        _close_quietly(fd)
 
     # -- Store ------------------------------------------------------------------------------
 
@@ -511,6 +650,37 @@ class FileStore(Store):
                 self._live(path, "value", time.time())
         return value
 
+    def wait_for(self, key: str, timeout: float) -> str | None:
+        """Watch the directory (inotify), then read: wakes when the value's file lands.
+
+        Polls where inotify is not there; see the module docstring.
+        """
+        end = time.monotonic() + max(0.0, timeout)
+        value = self.read(key)  # the common case needs no watch
+        if value is not None or timeout <= 0:
+            return value
+        fd = self._take_watch() if self.notify else None
+        if fd is None:
+            return super().wait_for(key, end - time.monotonic())
+        name, alive = file_name(key), True
+
+        def pause(left: float) -> bool:
+            nonlocal alive
+            until = time.monotonic() + min(left, self.reread_interval)
+            # False: the watch ended (the directory went away): poll.
+            alive = self._io(functools.partial(wait_for_name, fd, name, until))
+            return alive
+
+        try:
+            # The watch is set: a value that lands from now on wakes us, and the first read
+            # sees one that landed before.
+            value = self._read_until(key, end, pause)
+        except BaseException:
+            _close_quietly(fd)
+            raise
+        self._give_back(fd, alive)
+        return value
+
     def forget(self, key: str) -> None:
         name = file_name(key)
 
@@ -542,6 +712,8 @@ class FileStore(Store):
             held, self._held = self._held, {}
         for fd, _ in held.values():
             _close_quietly(fd)
+        with self._watch_lock:
+            _close_all(self._watches)
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.directory)!r})"

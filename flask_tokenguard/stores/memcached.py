@@ -23,6 +23,9 @@ Guarantees (one memcached server; a client-side pool of several servers would no
   compare, ``cas``: a ``cas`` that fails means somebody wrote in between, so the swap lost.
   **touch** is memcached's ``touch``, its ttl rounded as above.
 * A restarted memcached forgets everything: :meth:`identity` (its pid and start time) changes.
+* **wait_for** polls, since memcached cannot notify: a ``get`` every 1 ms, doubling to 10 ms
+  (:attr:`~flask_tokenguard.stores.base.Store.poll_first`, ``poll_max``), so a waiter wakes at
+  most about 10 ms after the value lands, for about 100 ``get`` a second while it waits.
 
 Reads are capped at :attr:`~flask_tokenguard.stores.base.Store.max_value_bytes`: memcached
 has no command that reads a length without the value, so a value is compared after ``get``

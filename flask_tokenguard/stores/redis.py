@@ -20,10 +20,9 @@ backoff, which can make a leader lose its own ``SET NX`` and stall a request for
 A connection error or timeout raises :class:`StoreUnavailable` at once. A ``SET NX`` whose
 answer was lost is settled by reading the key back: our owner there means we won.
 
-Published values go through cachelib's ``RedisCache`` on the same client, with its serializer
-replaced: values are stored as UTF-8 text and read back by decoding, never by pickle
-(cachelib's ``RedisSerializer`` unpickles anything that starts with ``!``). cachelib counts
-expiries in whole seconds, so a value's ttl is rounded up to the next second.
+Published values are stored as UTF-8 text (``SET key value EX seconds``: a ttl is rounded up to
+the next second) and read back by decoding, never by pickle (cachelib's ``RedisSerializer``,
+whose ``RedisCache`` removes them, unpickles anything that starts with ``!``).
 :meth:`swap` (compare-and-set) is a Lua script, ``GET``, compare, ``SET ... PX``, in one round
 trip; :meth:`touch` is ``PEXPIRE``. Both count in milliseconds.
 
@@ -31,21 +30,29 @@ Reads are capped: a Lua script checks ``STRLEN`` before ``GET``, in the same rou
 value (or owner) larger than :attr:`~flask_tokenguard.stores.base.Store.max_value_bytes` is
 never sent over the wire; it reads as None (an owner: as somebody, never "free").
 
-:meth:`publish` also PUBLISHes a wake-up on a channel named after the key, and
-:meth:`wait_for` subscribes to it (one short-lived pub/sub connection per wait), so waiters
-in every process wake within milliseconds instead of on their next poll. Where an ACL or a
-proxy refuses pub/sub, waiters poll.
+:meth:`publish` also PUBLISHes the value itself on a channel named after the key (the SET and
+the PUBLISH go in one pipelined round trip), and :meth:`wait_for` subscribes to that channel,
+so a waiter in any process adopts the value from the message, with no read of its own. One
+pub/sub connection per process, read by one daemon thread, serves every waiter of the process:
+it subscribes to a key's channel while somebody waits for it and wakes that key's waiters (a
+``threading.Event`` each). A waiter reads the value only once its subscription is confirmed, so
+a publish cannot slip in between; it re-reads every :attr:`RedisStore.reread_interval` seconds
+in case a message is lost. A message is ``=<db>:`` and the value's bytes (channels span every
+database of the server); any other message (an older version's ``1``, a value over the read
+cap, another database's value) only wakes the waiter, which then reads.
+Where an ACL or a proxy refuses pub/sub, waiters poll.
 
-The client is created lazily and again in a forked child (``os.getpid()`` changes), so an app
-loaded before gunicorn forks (``--preload``) never shares a socket between workers.
+The client (with its pub/sub connection and thread) is created lazily and again in a forked
+child (``os.getpid()`` changes), so an app loaded before gunicorn forks (``--preload``) never
+shares a socket between workers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -53,6 +60,7 @@ import redis
 from cachelib.redis import RedisCache
 from cachelib.serializers import RedisSerializer
 from redis.backoff import NoBackoff
+from redis.client import PubSub
 from redis.commands.core import Script
 from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -114,6 +122,15 @@ return 1
 """
 
 MARK_SUFFIX = ":sent"
+#: A PUBLISH message that only wakes (the value is too large to carry): the waiter reads.
+WAKE = b"1"
+
+
+def carries(db: int) -> bytes:
+    """How a PUBLISH message that carries a value of database ``db`` starts (the value's UTF-8
+    bytes follow). Channels are server-wide, not per database: a waiter adopts only its own
+    database's values, and takes any other message as a wake-up."""
+    return b"=%d:" % db
 
 
 class TextSerializer(RedisSerializer):
@@ -145,6 +162,151 @@ def check_url(url: str) -> None:
         raise ValueError(f"the database number must be a whole number 0-{MAX_DB}, not {db!r}")
 
 
+class _Waiter:
+    """One :meth:`RedisStore.wait_for` call: set when a message for its key arrives."""
+
+    __slots__ = ("event", "message")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.message: bytes | None = None
+
+
+class Subscriber:
+    """One pub/sub connection of this process, read by one daemon thread.
+
+    :meth:`join` subscribes to a channel for its first waiter (and :meth:`leave` unsubscribes
+    after its last); the thread hands every message to the waiters of its channel and counts
+    the confirmations, so :meth:`confirmed` tells a waiter when its SUBSCRIBE has taken effect.
+    Any error on the connection (an ACL that refuses SUBSCRIBE, a lost connection) ends the
+    subscriber: :attr:`failure` is set and every waiter woken; the next wait makes a new one.
+    """
+
+    #: Seconds the thread waits for a message before it looks at :meth:`close` again.
+    idle = 0.2
+
+    def __init__(self, pubsub: PubSub) -> None:
+        self._pubsub = pubsub
+        self._cond = threading.Condition(threading.Lock())
+        self._waiters: dict[bytes, set[_Waiter]] = {}
+        # per channel: SUBSCRIBEs sent, and how many of them the server confirmed
+        self._sent: dict[bytes, int] = {}
+        self._acked: dict[bytes, int] = {}
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self.failure: BaseException | None = None
+
+    def join(self, channel: bytes) -> tuple[_Waiter, int] | None:
+        """A waiter on ``channel``, and the number :meth:`confirmed` waits for; None when the
+        subscriber has failed (a SUBSCRIBE that cannot be sent raises)."""
+        waiter = _Waiter()
+        with self._cond:
+            if self.failure is not None:
+                return None
+            waiters = self._waiters.get(channel)
+            if not waiters:
+                try:
+                    self._pubsub.execute_command("SUBSCRIBE", channel)  # type: ignore[no-untyped-call]
+                except BaseException as exc:
+                    self._fail(exc)
+                    raise
+                self._sent[channel] = self._sent.get(channel, 0) + 1
+                waiters = self._waiters[channel] = set()
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="tokenguard-redis-wakeups", daemon=True
+                    )
+                    self._thread.start()
+            waiters.add(waiter)
+            return waiter, self._sent[channel]
+
+    def confirmed(self, channel: bytes, ticket: int, timeout: float) -> bool:
+        """True once the server confirmed SUBSCRIBE number ``ticket`` of ``channel`` (or the
+        subscriber failed); False after ``timeout`` seconds."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self.failure is not None or self._acked.get(channel, 0) >= ticket,
+                timeout,
+            )
+
+    def leave(self, channel: bytes, waiter: _Waiter) -> None:
+        """``waiter`` is done; the last one of ``channel`` unsubscribes."""
+        with self._cond:
+            waiters = self._waiters.get(channel)
+            if waiters is None:
+                return
+            waiters.discard(waiter)
+            if waiters:
+                return
+            del self._waiters[channel]
+            if self.failure is None:
+                try:
+                    self._pubsub.execute_command(  # type: ignore[no-untyped-call]
+                        "UNSUBSCRIBE", channel
+                    )
+                except (RedisError, OSError) as exc:
+                    self._fail(exc)
+            self._tidy(channel)
+
+    def close(self) -> None:
+        """Stop the thread (it closes the connection) and wake every waiter."""
+        with self._cond:
+            self._closing = True
+            thread = self._thread
+        if thread is None:
+            self._pubsub.close()
+        elif thread is not threading.current_thread():
+            thread.join(self.idle * 5)
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._closing:
+                response = self._pubsub.parse_response(  # type: ignore[no-untyped-call]
+                    block=False, timeout=self.idle
+                )
+                if isinstance(response, list) and len(response) == 3:
+                    self._dispatch(*response)
+        except Exception as exc:  # any error ends the subscriber
+            with self._cond:
+                self._fail(exc)
+        finally:
+            with self._cond:
+                if self.failure is None:
+                    self._fail(ConnectionError("the subscriber was closed"))
+            self._pubsub.close()
+
+    def _dispatch(self, kind: object, channel: object, data: object) -> None:
+        if not isinstance(channel, bytes):
+            return
+        with self._cond:
+            if kind == b"message" and isinstance(data, bytes):
+                for waiter in self._waiters.get(channel, ()):
+                    waiter.message = data
+                    waiter.event.set()
+            elif kind == b"subscribe":
+                self._acked[channel] = self._acked.get(channel, 0) + 1
+                self._tidy(channel)
+                self._cond.notify_all()
+
+    # -- with the lock held ------------------------------------------------------------------
+
+    def _tidy(self, channel: bytes) -> None:
+        """Forget ``channel``'s counts once nobody waits and every SUBSCRIBE is confirmed."""
+        if channel not in self._waiters and self._acked.get(channel) == self._sent.get(channel):
+            self._acked.pop(channel, None)
+            self._sent.pop(channel, None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.event.set()
+        self._cond.notify_all()
+
+
 @dataclass
 class _Conn:
     """Everything bound to one redis-py client, owned by one process."""
@@ -155,6 +317,17 @@ class _Conn:
     mark: Script
     read: Script
     swap: Script
+    #: the pub/sub connection of this process's waiters, made on first use
+    subscriber: Subscriber | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wakeups(self) -> Subscriber:
+        """This client's subscriber; a new one when the last failed."""
+        with self.lock:
+            current = self.subscriber
+            if current is None or current.failure is not None:
+                current = self.subscriber = Subscriber(self.client.pubsub())  # type: ignore[no-untyped-call]
+            return current
 
 
 class RedisStore(ServerStore[_Conn]):
@@ -162,7 +335,13 @@ class RedisStore(ServerStore[_Conn]):
 
     :param url: ``redis://[[user]:password@]host:port/db`` or ``rediss://...``.
     :param notify: publish a wake-up on the value's channel, so :meth:`wait_for` returns at once.
-    :param client_options: more keyword arguments for ``redis.Redis.from_url``.
+    :param client_options: more keyword arguments for the connections (as
+        ``redis.Redis.from_url`` takes them).
+    :param max_connections: connections per process. The pool blocks a thread that finds them
+        all busy (up to ``pool_timeout`` seconds) instead of failing, as redis-py's default pool
+        does past 100: a burst of many threads in one worker queues for a connection.
+    :param pool_timeout: seconds a thread waits for a free connection, then the store is
+        unavailable.
     :param timeouts: ``connect_timeout``, ``timeout``, ``identity_ttl``, as for
         :class:`~flask_tokenguard.stores.base.ServerStore`.
     """
@@ -179,13 +358,19 @@ class RedisStore(ServerStore[_Conn]):
         *,
         notify: bool = True,
         client_options: dict[str, Any] | None = None,
+        max_connections: int = 64,
+        pool_timeout: float = 2.0,
         **timeouts: float,
     ) -> None:
         check_url(url)  # a bad URL fails now, not on first use
         super().__init__("Redis", **timeouts)
         self.url = url
         self.notify = notify
+        self.max_connections = max_connections
+        self.pool_timeout = pool_timeout
         self._options = dict(client_options or {})
+        db = self._options.get("db", parse_url(url).get("db", 0))  # type: ignore[no-untyped-call]
+        self._carries = carries(int(db or 0))
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -205,7 +390,13 @@ class RedisStore(ServerStore[_Conn]):
             **self._options,
         }
         options["decode_responses"] = False  # values are checked as bytes, then decoded
-        return redis.Redis.from_url(self.url, **options)
+        pool = redis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=self.max_connections,
+            timeout=self.pool_timeout,
+            **options,
+        )
+        return redis.Redis(connection_pool=pool)
 
     def _connect(self) -> _Conn:
         client = self._new_client()
@@ -221,6 +412,10 @@ class RedisStore(ServerStore[_Conn]):
         )
 
     def _disconnect(self, client: _Conn) -> None:
+        with client.lock:
+            subscriber, client.subscriber = client.subscriber, None
+        if subscriber is not None:
+            subscriber.close()
         client.client.close()
 
     def _ping(self, client: _Conn) -> None:
@@ -264,12 +459,21 @@ class RedisStore(ServerStore[_Conn]):
         return bool(self._call(lambda c: c.release(keys=[key], args=[owner])))
 
     def _publish(self, key: str, value: str, ttl: float) -> None:
-        seconds = math.ceil(ttl)
-        self._call(lambda c: c.cache.set(key, value, timeout=seconds))
-        if self.notify:
-            # Only a wake-up: the value is stored, and waiters re-read it now and then anyway.
-            with contextlib.suppress(RedisError, OSError):
-                self._connection().client.publish(key, b"1")
+        seconds, data = math.ceil(ttl), value.encode("utf-8")
+
+        def run(conn: _Conn) -> None:
+            pipe = conn.client.pipeline(transaction=False)
+            pipe.set(key, data, ex=seconds)
+            if self.notify:
+                pipe.publish(
+                    key, self._carries + data if len(data) <= self.max_value_bytes else WAKE
+                )
+            # A refused PUBLISH (an ACL) is no failure: waiters re-read now and then anyway.
+            stored = pipe.execute(raise_on_error=False)[0]
+            if isinstance(stored, BaseException):
+                raise stored
+
+        self._call(run)
 
     def _swap(self, key: str, expected: str | None, value: str, ttl: float) -> bool:
         args: list[str | int] = [value, _ms(ttl), self.max_value_bytes]
@@ -292,11 +496,12 @@ class RedisStore(ServerStore[_Conn]):
         self._call(lambda c: c.cache.delete(key))
 
     def wait_for(self, key: str, timeout: float) -> str | None:
-        """Subscribe to ``key``'s channel, then read: wakes as soon as :meth:`publish` runs.
+        """Subscribe to ``key``'s channel, then read: the value comes with :meth:`publish`'s
+        message, so a waiter adopts it without reading it.
 
         The subscription is confirmed before the first read, so a publish cannot slip in
         between; the value is also re-read every :attr:`reread_interval` seconds in case a
-        wake-up was missed.
+        message was lost. Where pub/sub is refused or its connection fails, this polls.
         """
         if not self.notify:
             return super().wait_for(key, timeout)
@@ -304,36 +509,49 @@ class RedisStore(ServerStore[_Conn]):
         value = self.read(key)  # the common case needs no subscription
         if value is not None or timeout <= 0:
             return value
+        channel = key.encode("utf-8")
+        subscriber = self._call(lambda c: c.wakeups())
         try:
-            return self._call(lambda c: self._wait_subscribed(c, key, end))
+            joined = self._call(lambda c: subscriber.join(channel))
         except StoreUnavailable:
             raise
         except StoreError as exc:
             if not isinstance(exc.__cause__, ResponseError):
                 raise
-        # Pub/sub refused (an ACL without it, a proxy): poll for the time that is left.
-        return super().wait_for(key, end - time.monotonic())
-
-    def _wait_subscribed(self, conn: _Conn, key: str, end: float) -> str | None:
-        pubsub = conn.client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
+            joined = None  # refused at once
+        if joined is None:  # pub/sub refused, or the subscriber failed just now: poll
+            return super().wait_for(key, end - time.monotonic())
+        waiter, ticket = joined
         try:
-            pubsub.subscribe(key)
-            # Wait for the confirmation: only then can no publish be missed.
-            confirm_by = time.monotonic() + self.timeout
-            while time.monotonic() < confirm_by:
-                msg = pubsub.get_message(timeout=max(0.0, confirm_by - time.monotonic()))
-                if msg is not None and msg.get("type") == "subscribe":
-                    break
-            while True:
-                value = value_text(self._get(conn, key)[0])
-                if value is not None:
-                    return value
-                left = end - time.monotonic()
-                if left <= 0:
-                    return None
-                pubsub.get_message(timeout=min(left, self.reread_interval))
+            return self._wait_subscribed(subscriber, waiter, ticket, key, end)
         finally:
-            pubsub.close()
+            subscriber.leave(channel, waiter)
+
+    def _wait_subscribed(
+        self, subscriber: Subscriber, waiter: _Waiter, ticket: int, key: str, end: float
+    ) -> str | None:
+        channel = key.encode("utf-8")
+        # Only once the subscription is confirmed can no publish be missed by the read below.
+        subscriber.confirmed(channel, ticket, min(self.timeout, max(0.0, end - time.monotonic())))
+
+        def pause(left: float) -> str | bool:
+            # False: pub/sub refused (an ACL without it, a proxy) or its connection lost: poll.
+            if subscriber.failure is not None:
+                return False
+            if not waiter.event.wait(min(left, self.reread_interval)):
+                return True  # the safety net: read again
+            waiter.event.clear()
+            return subscriber.failure is None and (self._carried(waiter.message) or True)
+
+        return self._read_until(key, end, pause)
+
+    def _carried(self, message: bytes | None) -> str | None:
+        """The value a PUBLISH message carries; None for a bare wake-up (or garbage)."""
+        if message is None or not message.startswith(self._carries):
+            return None
+        if len(message) > self.max_value_bytes + len(self._carries):
+            return None
+        return value_text(message[len(self._carries) :])
 
     def _read_server(self) -> tuple[str | None, float | None]:
         """``run_id`` (new on every restart) and ``uptime_in_seconds``, from ``INFO server``."""

@@ -37,6 +37,19 @@ def eventually(check: Callable[[], Any], timeout: float, interval: float = 0.02)
         time.sleep(interval)
 
 
+def count_reads(store: Store) -> list[int]:
+    """How many times ``store.read`` runs from now on (``wait_for`` reads through it): ``[n]``."""
+    count = [0]
+    read = store.read
+
+    def counted(key: str) -> str | None:
+        count[0] += 1
+        return read(key)
+
+    store.read = counted  # type: ignore[method-assign]
+    return count
+
+
 def put_raw(spec: StoreSpec, store: Store, key: str, data: bytes, *, claim: bool) -> bool:
     """Write ``data`` straight into the backend, as an attacker with access to it could.
 

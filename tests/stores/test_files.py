@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from flask_tokenguard.errors import ConfigurationError, StoreUnavailable
+from flask_tokenguard.stores import files
 from flask_tokenguard.stores.files import FileStore
 from tests.fixtures.services import StoreSpec
-from tests.stores.helpers import FORK, eventually
+from tests.stores.helpers import FORK, count_reads, eventually
 
 
 def test_file_store_layout(tmp_path: Path) -> None:
@@ -244,3 +245,154 @@ def test_ping_recreates_a_vanished_directory(tmp_path: Path) -> None:
         assert (tmp_path / "store" / ".locks").is_dir()
     finally:
         store.close()
+
+
+needs_inotify = pytest.mark.skipif(files._LIBC is None, reason="no inotify on this platform")
+
+
+@needs_inotify
+def test_a_file_waiter_wakes_on_inotify(tmp_path: Path) -> None:
+    """The waiter reads before and after setting its watch, then only when its value's file
+    lands: another key's publish does not make it read, and it does not poll."""
+    import threading
+
+    waiter, publisher = FileStore(tmp_path / "store"), FileStore(tmp_path / "store")
+    waiter.reread_interval = 60.0
+    reads = count_reads(waiter)
+    other = threading.Timer(0.1, publisher.publish, ("tokenguard:result:other", "x", 30))
+    mine = threading.Timer(0.3, publisher.publish, ("tokenguard:result:mine", "woke", 30))
+    try:
+        start = time.monotonic()
+        other.start()
+        mine.start()
+        assert waiter.wait_for("tokenguard:result:mine", 10) == "woke"
+        assert 0.25 < time.monotonic() - start < 2.0
+        assert reads[0] == 3, "before the watch, after it, after the event: no polling"
+    finally:
+        other.join()
+        mine.join()
+        waiter.close()
+        publisher.close()
+
+
+@needs_inotify
+def test_a_value_landing_as_the_watch_is_set_is_not_missed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waiter, publisher = FileStore(tmp_path / "store"), FileStore(tmp_path / "store")
+    waiter.reread_interval = 60.0
+    watch = files.watch_directory
+
+    def watch_then_publish(directory: Path) -> int | None:
+        fd = watch(directory)
+        publisher.publish("tokenguard:result:between", "landed", 30)
+        return fd
+
+    monkeypatch.setattr(files, "watch_directory", watch_then_publish)
+    try:
+        start = time.monotonic()
+        assert waiter.wait_for("tokenguard:result:between", 10) == "landed"
+        assert time.monotonic() - start < 2.0, "not left to the re-read a minute later"
+    finally:
+        waiter.close()
+        publisher.close()
+
+
+class _NoInotify:
+    """libc at its per-user limit of inotify instances: ``inotify_init1`` fails."""
+
+    def inotify_init1(self, flags: int) -> int:
+        return -1
+
+
+@pytest.mark.parametrize("why", ["notify=False", "no inotify", "instance limit"])
+def test_a_file_waiter_polls_without_inotify(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    import threading
+
+    if why == "no inotify":
+        monkeypatch.setattr(files, "_LIBC", None)
+    elif why == "instance limit":
+        monkeypatch.setattr(files, "_LIBC", _NoInotify())
+    waiter = FileStore(tmp_path / "store", notify=why != "notify=False")
+    publisher = FileStore(tmp_path / "store")
+    waiter.reread_interval = 60.0
+    reads = count_reads(waiter)
+    timer = threading.Timer(0.2, publisher.publish, ("tokenguard:result:polled", "v", 30))
+    try:
+        start = time.monotonic()
+        timer.start()
+        assert waiter.wait_for("tokenguard:result:polled", 10) == "v"
+        assert time.monotonic() - start < 2.0
+        assert reads[0] > 10, "it polled"
+    finally:
+        timer.join()
+        waiter.close()
+        publisher.close()
+
+
+@needs_inotify
+def test_a_file_waiter_polls_once_its_directory_goes_away(tmp_path: Path) -> None:
+    """The watch ends with the directory; the waiter polls, and finds the value published
+    into the directory made again."""
+    import shutil
+    import threading
+
+    waiter, publisher = FileStore(tmp_path / "store"), FileStore(tmp_path / "store")
+    waiter.reread_interval = 60.0
+
+    def wipe_then_publish() -> None:
+        shutil.rmtree(tmp_path / "store")
+        time.sleep(0.1)
+        publisher.publish("tokenguard:result:again", "again", 30)
+
+    timer = threading.Timer(0.2, wipe_then_publish)
+    try:
+        start = time.monotonic()
+        timer.start()
+        assert waiter.wait_for("tokenguard:result:again", 10) == "again"
+        assert time.monotonic() - start < 2.0
+    finally:
+        timer.join()
+        waiter.close()
+        publisher.close()
+
+
+def _report_watches(store: FileStore, results: Any) -> None:
+    results.put((list(store._watches), store.wait_for("tokenguard:result:in-child", 5)))
+
+
+@needs_inotify
+def test_file_waits_reuse_their_watch_but_a_forked_child_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing an inotify descriptor costs the kernel a grace period, so waits keep theirs for
+    the next one; a child must not read the parent's queue of events."""
+    made: list[Path] = []
+    watch = files.watch_directory
+
+    def counted(directory: Path) -> int | None:
+        made.append(directory)
+        return watch(directory)
+
+    monkeypatch.setattr(files, "watch_directory", counted)
+    store = FileStore(tmp_path / "store")
+    try:
+        for _ in range(3):
+            assert store.wait_for("tokenguard:result:none", 0.01) is None
+        assert len(made) == 1 and len(store._watches) == 1
+        store.publish("tokenguard:result:in-child", "v", 30)
+        results = FORK.Queue()
+        child = FORK.Process(target=_report_watches, args=(store, results))
+        child.start()
+        try:
+            assert results.get(timeout=10) == ([], "v")
+        finally:
+            child.join(10)
+            results.close()
+            results.join_thread()
+        assert len(store._watches) == 1, "the parent keeps its own"
+    finally:
+        store.close()
+    assert store._watches == []

@@ -112,3 +112,34 @@ def test_memcached_settles_an_uncertain_swap_by_reading_back(
     else:
         with pytest.raises(StoreUnavailable, match="timed out"):
             store.swap("tgtest:uncertain", swap_from, "mine", 5)
+
+
+def test_memcached_waiters_poll_every_few_milliseconds(memcached_url: str) -> None:
+    """No notifications: a get every 1 ms doubling to 10 ms, so about 100 a second while a
+    waiter waits, and it wakes within one step of the publish."""
+    import threading
+
+    from flask_tokenguard.stores.memcached import MemcachedStore
+    from tests.stores.helpers import count_reads
+
+    waiter, publisher = (
+        MemcachedStore.from_url(memcached_url),
+        MemcachedStore.from_url(memcached_url),
+    )
+    key = f"tgtest:{os.getpid()}:{time.monotonic_ns()}:poll"
+    reads = count_reads(waiter)
+    try:
+        assert (waiter.poll_first, waiter.poll_max) == (0.001, 0.01)
+        start = time.monotonic()
+        assert waiter.wait_for(key, 0.5) is None
+        waited = time.monotonic() - start
+        assert 10 <= reads[0] <= 60 + 10, f"{reads[0]} gets in {waited:.3f} s"
+        timer = threading.Timer(0.2, publisher.publish, (key, "v", 30))
+        timer.start()
+        try:
+            assert waiter.wait_for(key, 5) == "v"
+        finally:
+            timer.join()
+    finally:
+        waiter.close()
+        publisher.close()

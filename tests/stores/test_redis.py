@@ -3,9 +3,11 @@ pub/sub wake-ups, ACLs, capped reads."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -402,3 +404,251 @@ def test_redis_never_fetches_an_oversized_value(private_redis: Any) -> None:
     finally:
         raw.close()
         store.close()
+
+
+def _count_commands(store: Any) -> list[Any]:
+    """The names of the commands ``store``'s client sends from now on (pub/sub aside)."""
+    client = store._connection().client
+    sent: list[Any] = []
+    execute = client.execute_command
+
+    def counted(*args: Any, **options: Any) -> Any:
+        sent.append(args[0])
+        return execute(*args, **options)
+
+    client.execute_command = counted
+    return sent
+
+
+@contextlib.contextmanager
+def _waiting(waiter: Any, key: str) -> Iterator[tuple[list[Any], list[str | None], Any]]:
+    """A thread in ``waiter.wait_for(key, 10)``, once it is subscribed: the commands its
+    client sends (two reads so far), what it found, the thread."""
+    sent = _count_commands(waiter)
+    found: list[str | None] = []
+    thread = threading.Thread(target=lambda: found.append(waiter.wait_for(key, 10)))
+    thread.start()
+    try:
+        # two reads: before subscribing, and once the subscription is confirmed
+        assert eventually(lambda: len(sent) >= 2, 5.0)
+        time.sleep(0.05)
+        yield sent, found, thread
+    finally:
+        thread.join(5)
+
+
+def test_a_redis_waiter_adopts_the_published_value_without_reading_it(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The PUBLISH carries the value: once woken, the waiter sends no command at all."""
+    from flask_tokenguard.stores.redis import RedisStore
+
+    waiter, publisher = RedisStore(redis_url), RedisStore(redis_url)
+    waiter.reread_interval = 60.0
+    key = redis_prefix + "result:carried"
+    try:
+        with _waiting(waiter, key) as (sent, found, thread):
+            before = list(sent)
+            publisher.publish(key, "sealed text", 30)
+            thread.join(5)
+            assert found == ["sealed text"]
+            assert sent == before, "adopted from the message, without a GET"
+    finally:
+        waiter.close()
+        publisher.close()
+
+
+@pytest.mark.parametrize("confirmed", [True, False])
+def test_a_publish_while_the_waiter_subscribes_is_not_missed(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch, confirmed: bool
+) -> None:
+    """The publish lands after the first read, while SUBSCRIBE is on its way (or just
+    confirmed): the waiter has it at once, not on its next re-read."""
+    from flask_tokenguard.stores.redis import RedisStore, Subscriber
+
+    waiter, publisher = RedisStore(redis_url), RedisStore(redis_url)
+    waiter.reread_interval = 60.0
+    key = redis_prefix + "result:between"
+    hook = "confirmed" if confirmed else "join"
+    original = getattr(Subscriber, hook)
+
+    def then_publish(self: Subscriber, *args: Any) -> Any:
+        result = original(self, *args)
+        publisher.publish(key, "landed", 30)
+        return result
+
+    monkeypatch.setattr(Subscriber, hook, then_publish)
+    try:
+        start = time.monotonic()
+        assert waiter.wait_for(key, 10) == "landed"
+        assert time.monotonic() - start < 2.0, "not left to the re-read a minute later"
+    finally:
+        waiter.close()
+        publisher.close()
+
+
+def test_redis_waiters_of_a_process_share_one_subscriber(redis_url: str, redis_prefix: str) -> None:
+    """Eight threads wait for two keys on one pub/sub connection; each gets its key's value,
+    and once they are done nothing stays subscribed."""
+    from flask_tokenguard.stores.redis import RedisStore
+
+    waiter, publisher = RedisStore(redis_url), RedisStore(redis_url)
+    waiter.reread_interval = 60.0
+    keys = [redis_prefix + "result:shared-a", redis_prefix + "result:shared-b"]
+    found: dict[int, str | None] = {}
+
+    def wait(i: int) -> None:
+        found[i] = waiter.wait_for(keys[i % 2], 10)
+
+    threads = [threading.Thread(target=wait, args=(i,)) for i in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        subscriber = eventually(lambda: waiter._connection().subscriber, 5.0)
+        assert eventually(lambda: sum(map(len, subscriber._waiters.values())) == 8, 5.0)
+        for key in keys:
+            publisher.publish(key, "value of " + key, 30)
+        for thread in threads:
+            thread.join(5)
+        assert found == {i: "value of " + keys[i % 2] for i in range(8)}
+        assert waiter._connection().subscriber is subscriber, "one per process"
+        assert eventually(lambda: not subscriber._sent and not subscriber._waiters, 2.0)
+    finally:
+        for thread in threads:
+            thread.join(5)
+        waiter.close()
+        publisher.close()
+
+
+def _wait_in_child(store: Any, key: str, results: Any) -> None:
+    results.put(store.wait_for(key, 10))
+    store.close()
+
+
+@pytest.mark.slow
+def test_a_forked_child_subscribes_on_its_own(redis_url: str, redis_prefix: str) -> None:
+    """The parent's subscriber (its thread, its connection) stays the parent's."""
+    from flask_tokenguard.stores.redis import RedisStore
+
+    store, publisher = RedisStore(redis_url), RedisStore(redis_url)
+    try:
+        assert store.wait_for(redis_prefix + "result:warm", 0.05) is None
+        parent = store._connection().subscriber
+        assert parent is not None
+        results = FORK.Queue()
+        child = FORK.Process(
+            target=_wait_in_child, args=(store, redis_prefix + "result:child", results)
+        )
+        child.start()
+        try:
+            time.sleep(0.3)
+            publisher.publish(redis_prefix + "result:child", "for the child", 30)
+            assert results.get(timeout=10) == "for the child"
+        finally:
+            child.join(10)
+            results.close()
+            results.join_thread()
+        assert child.exitcode == 0
+        assert store._connection().subscriber is parent
+        assert parent.failure is None, "the parent's connection was left alone"
+        timer = threading.Timer(0.1, publisher.publish, (redis_prefix + "result:p", "p", 30))
+        timer.start()
+        try:
+            assert store.wait_for(redis_prefix + "result:p", 5) == "p"
+        finally:
+            timer.join()
+    finally:
+        store.close()
+        publisher.close()
+
+
+def test_a_lost_pubsub_connection_falls_back_to_polling(private_redis: Any) -> None:
+    """The server drops the pub/sub connection: the waiters poll, and the next wait
+    subscribes again."""
+    import redis
+
+    from flask_tokenguard.stores.redis import RedisStore
+
+    waiter, publisher = RedisStore(private_redis.url), RedisStore(private_redis.url)
+    waiter.reread_interval = 60.0
+    admin = redis.Redis.from_url(private_redis.url)
+    found: list[str | None] = []
+    thread = threading.Thread(target=lambda: found.append(waiter.wait_for("tgtest:lost", 10)))
+    try:
+        thread.start()
+        subscriber = eventually(lambda: waiter._connection().subscriber, 5.0)
+        assert eventually(lambda: subscriber._acked, 5.0)
+        admin.client_kill_filter(_type="pubsub")
+        assert eventually(lambda: subscriber.failure is not None, 5.0)
+        publisher.publish("tgtest:lost", "polled", 30)
+        thread.join(5)
+        assert found == ["polled"]
+        timer = threading.Timer(0.2, publisher.publish, ("tgtest:again", "again", 30))
+        timer.start()
+        try:
+            assert waiter.wait_for("tgtest:again", 5) == "again"
+        finally:
+            timer.join()
+        assert waiter._connection().subscriber is not subscriber
+    finally:
+        thread.join(5)
+        admin.close()
+        waiter.close()
+        publisher.close()
+
+
+def test_a_redis_waiter_adopts_only_its_own_databases_values(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Channels span the server's databases: a message carrying another database's value,
+    like an older version's bare ``1``, only makes the waiter read its own."""
+    import redis
+
+    from flask_tokenguard.stores.redis import RedisStore, carries
+
+    waiter = RedisStore(redis_url)
+    waiter.reread_interval = 60.0
+    raw = redis.Redis.from_url(redis_url)
+    key = redis_prefix + "result:db"
+    db = raw.connection_pool.connection_kwargs.get("db", 0)
+    try:
+        with _waiting(waiter, key) as (sent, found, thread):
+            raw.publish(key, carries(db + 1) + b"another database's value")
+            assert eventually(lambda: len(sent) >= 3, 5.0), "woke and read its own"
+            assert thread.is_alive() and not found
+            raw.set(key, b"from an older version", ex=30)
+            raw.publish(key, b"1")
+            thread.join(5)
+            assert found == ["from an older version"]
+            assert len(sent) == 4
+    finally:
+        raw.close()
+        waiter.close()
+
+
+def test_more_threads_than_connections_queue_for_one(redis_url: str, redis_prefix: str) -> None:
+    """redis-py's default pool fails past its connection limit; this one makes threads wait."""
+    from flask_tokenguard.stores.redis import RedisStore
+
+    store = RedisStore(redis_url)  # 64 connections per process by default
+    key = redis_prefix + "pool"
+    store.publish(key, "v", 30)
+    errors: list[BaseException] = []
+    threads_n = 160  # more than redis-py's own pool would serve (100)
+    start = threading.Barrier(threads_n)
+
+    def reader() -> None:
+        try:
+            start.wait()
+            for _ in range(20):
+                assert store.swap(key, "v", "v", 30) and store.read(key) == "v"
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.close()
+    assert errors == []
