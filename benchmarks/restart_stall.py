@@ -101,7 +101,7 @@ def make_app(provider: ProviderHandle, redis_url: str, hold: float, instance: st
 
 
 def burst(apps: list[Flask], token: dict[str, Any], n: int) -> list[float]:
-    clients = [apps[i % len(apps)].test_client(token=token) for i in range(n)]  # type: ignore[call-arg]
+    clients = [apps[i % len(apps)].test_client(token=token) for i in range(n)]
     barrier = threading.Barrier(n)
     waits: list[float] = [0.0] * n
     statuses: list[int] = [0] * n
