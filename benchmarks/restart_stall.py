@@ -144,6 +144,7 @@ def main() -> int:
         try:
             print("\n| variant | requests | min wait s | median s | max s |")
             print("|---|---|---|---|---|")
+            after_restart: list[list[float]] = []
             for label, hold in (("old: hold = claim TTL", CLAIM_TTL), ("new: hold", 2.0)):
                 apps = [
                     make_app(provider, f"redis://127.0.0.1:{redis.port}/0", hold, tmp)
@@ -154,13 +155,16 @@ def main() -> int:
                 redis.stop()
                 redis.start()
                 first = burst(apps, provider.issue(expires_in=0), args.n)
+                after_restart.append(first)
                 print(row(f"{label} ({hold:g} s), right after a restart", first))
                 later = burst(apps, provider.issue(expires_in=0), args.n)
                 print(row(f"{label} ({hold:g} s), the next burst", later))
+            old, new = after_restart
             stats = provider.stats()
             double = stats["max_presentations"] > 1
             print(
-                f"\nprovider: {stats['refreshes']} refreshes,"
+                f"\nsummary: right after a restart the burst waited {max(old):.2f} s with the"
+                f" old hold, {max(new):.2f} s with the new; {stats['refreshes']} refreshes,"
                 f" max presentations of one token: {stats['max_presentations']}"
             )
         finally:
