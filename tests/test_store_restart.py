@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from typing import Any
 
+import pytest
 import redis
+
+from flask_tokenguard.coordinator import Coordinator, Policy
+from flask_tokenguard.deadline import Deadline
+from flask_tokenguard.errors import OutcomeUnknown
+from flask_tokenguard.keys import KeyNames
+from flask_tokenguard.provider import ClientCredentials, RefreshClient
+from flask_tokenguard.records import RecordCodec
+from flask_tokenguard.sealing import Sealer
+from flask_tokenguard.stores.base import ClaimInfo, Store
+from flask_tokenguard.stores.memory import MemoryStore
 
 from .fixtures.apps import burst, new_client, wait_for_refresh_requests
 
@@ -89,4 +101,83 @@ def test_a_burst_right_after_a_redis_restart_waits_only_for_the_restart_hold(
     assert result.statuses == [200] * 8
     assert elapsed < 7.5  # the restart hold (2 s by default), not the claim TTL (15 s)
     assert provider.stats()["refreshes"] == 1
+    assert provider.stats()["max_presentations"] == 1
+
+
+class RestartingStore(Store):
+    """An in-memory store that can restart empty: a new identity, an uptime from zero."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.inner = MemoryStore()
+        self.started = time.monotonic()
+        self.run_id = uuid.uuid4().hex
+
+    def identity(self) -> str | None:
+        return self.run_id
+
+    def uptime(self) -> float | None:
+        return time.monotonic() - self.started
+
+    def claim(self, key: str, owner: str, ttl: float) -> bool:
+        return self.inner.claim(key, owner, ttl)
+
+    def mark_sent(self, key: str, owner: str, ttl: float) -> bool:
+        return self.inner.mark_sent(key, owner, ttl)
+
+    def read_claim(self, key: str) -> ClaimInfo:
+        return self.inner.read_claim(key)
+
+    def release(self, key: str, owner: str) -> bool:
+        return self.inner.release(key, owner)
+
+    def _publish(self, key: str, value: str, ttl: float) -> None:
+        self.inner.publish(key, value, ttl)
+
+    def _swap(self, key: str, expected: str | None, value: str, ttl: float) -> bool:
+        return self.inner.swap(key, expected, value, ttl)
+
+    def _touch(self, key: str, ttl: float) -> bool:
+        return self.inner.touch(key, ttl)
+
+    def read(self, key: str) -> str | None:
+        return self.inner.read(key)
+
+    def forget(self, key: str) -> None:
+        self.inner.forget(key)
+
+
+def test_a_leader_that_stopped_waiting_still_marks_its_token_sent_after_a_restart(
+    provider: Any,
+) -> None:
+    """The call outlives its leader's deadline (ambiguous, published, claim released); the
+    store restarts and forgets that record: the call re-asserts the "sent" mark, so another
+    process after the hold learns the outcome is unknown instead of presenting the token."""
+    provider.set_faults(refresh_delay=4)
+    store = RestartingStore()
+    store.started -= 60  # up for a while
+    policy = Policy(provider_timeout=6, claim_ttl=7, restart_hold=0.5)
+
+    def process() -> Coordinator:
+        client = RefreshClient(
+            provider.token_url, ClientCredentials(provider.client_id, provider.client_secret)
+        )
+        codec = RecordCodec(Sealer(["secret"], "store"))
+        return Coordinator(client, store, KeyNames(provider.client_id), codec, policy)
+
+    leader, other = process(), process()
+    token = provider.issue(expires_in=0)
+    with pytest.raises(OutcomeUnknown):
+        leader.refresh(token, Deadline(1.0))
+    store.restart()
+    time.sleep(1.0)  # past the hold: the mark is back by now
+    with pytest.raises(OutcomeUnknown):
+        other.refresh(token, Deadline(3.0))
+    assert provider.presentations(token["refresh_token"]) == 1
+    end = time.monotonic() + 15
+    while other.newest(token["refresh_token"]) is None:  # the late success heals, as usual
+        assert time.monotonic() < end
+        time.sleep(0.1)
     assert provider.stats()["max_presentations"] == 1
