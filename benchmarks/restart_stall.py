@@ -61,13 +61,16 @@ class Redis:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         end = time.monotonic() + 10
-        while time.monotonic() < end:
+        while time.monotonic() < end and self.proc.poll() is None:
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
             except OSError:
                 time.sleep(0.01)
-        sys.exit("redis-server did not start")
+                continue
+            time.sleep(0.05)
+            if self.proc.poll() is None:  # ours listens, not another server on a reused port
+                return
+        sys.exit(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
         if self.proc is not None:
