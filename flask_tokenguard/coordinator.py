@@ -452,7 +452,11 @@ class Coordinator:
                     "timed out waiting for another process's refresh",
                     retry_after=self.policy.retry_after,
                 )
-            text = store.wait_for(result_key, min(remaining, 0.5))
+            wait = min(remaining, 0.5)
+            hold_left = self._uncertain_until - time.monotonic()
+            if 0 < hold_left < wait:
+                wait = hold_left  # look at the claim again as soon as a restart's hold ends
+            text = store.wait_for(result_key, wait)
             if text is not None:
                 found = self._adopt(store, refresh_token, text, follow=grant.follow)
                 if found is not None:
@@ -688,14 +692,20 @@ class Coordinator:
         identity = store.identity()
         now = time.monotonic()
         with self._state_lock:
-            if identity is not None and self._identity is not None and identity != self._identity:
-                log.warning(
-                    "the shared store restarted or failed over; claims count as held for %gs",
-                    hold,
-                )
-                self._uncertain_until = max(self._uncertain_until, now + hold)
-            if identity is not None:
+            if identity is None:  # restarts are noticed by the uptime alone, if at all
+                if uptime is not None and uptime < hold:
+                    self._uncertain_until = max(self._uncertain_until, now + hold - uptime)
+            elif identity != self._identity:
+                # Counted once per server, from when this process first sees it: the uptime
+                # is in whole seconds, and counting it again on every look would stretch the
+                # hold by up to one.
+                if self._identity is not None:
+                    log.warning(
+                        "the shared store restarted or failed over; claims count as held for %gs",
+                        hold,
+                    )
+                    self._uncertain_until = max(self._uncertain_until, now + hold)
+                elif uptime is not None and uptime < hold:
+                    self._uncertain_until = max(self._uncertain_until, now + hold - uptime)
                 self._identity = identity
-            if uptime is not None and uptime < hold:
-                self._uncertain_until = max(self._uncertain_until, now + hold - uptime)
             return now < self._uncertain_until
