@@ -31,6 +31,7 @@ class ConfigKeys:
     LEEWAY = "TOKENGUARD_LEEWAY"
     PROVIDER_TIMEOUT = "TOKENGUARD_PROVIDER_TIMEOUT"
     CLAIM_TTL = "TOKENGUARD_CLAIM_TTL"
+    RESTART_HOLD = "TOKENGUARD_RESTART_HOLD"
     WAIT_TIMEOUT = "TOKENGUARD_WAIT_TIMEOUT"
     RESULT_TTL = "TOKENGUARD_RESULT_TTL"
     FAILURE_TTL = "TOKENGUARD_FAILURE_TTL"
@@ -73,6 +74,7 @@ DEFAULTS: Mapping[str, Any] = {
     K.LEEWAY: 60.0,
     K.PROVIDER_TIMEOUT: 10.0,
     K.CLAIM_TTL: 15.0,
+    K.RESTART_HOLD: 2.0,
     K.WAIT_TIMEOUT: 30.0,
     K.RESULT_TTL: 3600.0,
     K.FAILURE_TTL: 10.0,
@@ -106,6 +108,8 @@ STORE_FALLBACKS = ("closed", "process")
 TOKEN_STORAGES = ("store", "session")
 #: Transient outcomes are remembered for their Retry-After, but never longer than this.
 TRANSIENT_TTL_CAP = 5.0
+#: The shortest TOKENGUARD_RESTART_HOLD: leaders re-assert their claims within it.
+MIN_RESTART_HOLD = 0.5
 #: Hosts to which plain http:// is allowed with TOKENGUARD_ALLOW_INSECURE_LOOPBACK.
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 #: ID token signature algorithms that may be allowed: asymmetric only (never ``none``, never
@@ -173,6 +177,7 @@ class Settings:
     fetch_userinfo: bool = False
     #: an SQLAlchemy URL, an Engine, or a callable returning one (may hold a password)
     grant_store_url: Any = field(default=None, repr=False)
+    restart_hold: float = DEFAULTS[K.RESTART_HOLD]
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -202,6 +207,13 @@ class Settings:
                 f" {K.PROVIDER_TIMEOUT} ({claim_ttl + provider_timeout:g}), so a takeover of a"
                 " dead leader's claim finishes in time"
             )
+        restart_hold = _seconds(config, K.RESTART_HOLD, positive=True)
+        if restart_hold < MIN_RESTART_HOLD:
+            raise ConfigurationError(
+                f"{K.RESTART_HOLD} ({restart_hold:g}) must be at least {MIN_RESTART_HOLD:g}:"
+                " leaders need that long to re-assert their claims on a restarted store"
+            )
+        restart_hold = min(restart_hold, claim_ttl)  # a claim TTL was the old, longest hold
         result_ttl = _seconds(config, K.RESULT_TTL, positive=True)
         if result_ttl < wait_timeout:
             raise ConfigurationError(
@@ -229,6 +241,7 @@ class Settings:
             leeway=_seconds(config, K.LEEWAY),
             provider_timeout=provider_timeout,
             claim_ttl=claim_ttl,
+            restart_hold=restart_hold,
             wait_timeout=wait_timeout,
             result_ttl=result_ttl,
             failure_ttl=_seconds(config, K.FAILURE_TTL, positive=True),

@@ -71,6 +71,10 @@ class Vetter(Protocol):
 _MAX_CHAIN = 32
 #: The least time left on a deadline for which a leader still sends a refresh.
 _MIN_SEND_BUDGET = 0.5
+#: The longest time between a leader's looks at the store's identity while it calls the
+#: provider: with the identity cached for 0.05 s and a few store round trips, a leader
+#: re-asserts its claim well inside the shortest TOKENGUARD_RESTART_HOLD (0.5 s; 2 s default).
+_REASSERT_EVERY = 0.25
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class Policy:
 
     provider_timeout: float = DEFAULTS[K.PROVIDER_TIMEOUT]
     claim_ttl: float = DEFAULTS[K.CLAIM_TTL]
+    #: how long claims count as held after a store restart (at most ``claim_ttl``)
+    restart_hold: float = DEFAULTS[K.RESTART_HOLD]
     result_ttl: float = DEFAULTS[K.RESULT_TTL]
     failure_ttl: float = DEFAULTS[K.FAILURE_TTL]
     retry_after: float = DEFAULTS[K.RETRY_AFTER]
@@ -92,6 +98,7 @@ class Policy:
         return cls(
             provider_timeout=settings.provider_timeout,
             claim_ttl=settings.claim_ttl,
+            restart_hold=settings.restart_hold,
             result_ttl=settings.result_ttl,
             failure_ttl=settings.failure_ttl,
             retry_after=settings.retry_after,
@@ -99,6 +106,17 @@ class Policy:
             store_fallback=settings.store_fallback,
             revoked_ttl=settings.result_ttl,
         )
+
+    @property
+    def hold_after_restart(self) -> float:
+        """Seconds claims count as held after the store restarted: leaders re-assert theirs
+        within it (every :attr:`reassert_every` seconds they look at the store's identity)."""
+        return min(self.restart_hold, self.claim_ttl)
+
+    @property
+    def reassert_every(self) -> float:
+        """Seconds between a leader's looks at the store's identity while its call runs."""
+        return min(_REASSERT_EVERY, self.hold_after_restart / 4)
 
     def publish_ttl(self, error: RefreshError) -> float:
         """How long a failure record stays in the store.
@@ -147,6 +165,19 @@ class Grant:
         if self.idempotent and isinstance(error, InvalidGrant):
             return ProviderError(error.message, status=error.status, error=error.error)
         return error
+
+
+@dataclass
+class _Claimed:
+    """A leader's claim and "sent" mark, as it re-asserts them on a store that restarted."""
+
+    claim_key: str
+    owner: str
+    #: the store's identity, read before the claim was taken: another one means a restart
+    identity: str
+    #: when the claim and the mark expire (``time.monotonic()``)
+    claim_until: float
+    mark_until: float
 
 
 class _ProviderCall:
@@ -368,9 +399,12 @@ class Coordinator:
             if deadline.remaining() < _MIN_SEND_BUDGET:
                 raise RefreshTimeout("no time left to refresh", retry_after=self.policy.retry_after)
             owner = self._owner()
-            won = not self._claims_uncertain(store) and store.claim(
-                claim_key, owner, self.policy.claim_ttl
-            )
+            claimed_at = time.monotonic()
+            won = False
+            identity: str | None = None
+            if not self._claims_uncertain(store):
+                identity = store.identity() if store is self.store else None  # (cached)
+                won = store.claim(claim_key, owner, self.policy.claim_ttl)
             if won:
                 try:
                     found = self._adopt(store, refresh_token, follow=grant.follow)
@@ -385,9 +419,19 @@ class Coordinator:
                             grant,
                             OutcomeUnknown("an earlier refresh with this token never finished"),
                         )
+                    marked_at = time.monotonic()
                     if not self._mark_sent(store, claim_key, owner):
                         continue  # the claim expired under us: start over
-                    return self._call(store, grant, deadline, on_outcome), True
+                    claimed = None
+                    if identity is not None and not grant.idempotent:  # watched for restarts
+                        claimed = _Claimed(
+                            claim_key,
+                            owner,
+                            identity,
+                            claim_until=claimed_at + self.policy.claim_ttl,
+                            mark_until=marked_at + self.policy.result_ttl,
+                        )
+                    return self._call(store, grant, deadline, on_outcome, claimed), True
                 finally:
                     self._release(store, claim_key, owner)
             found = self._await(store, grant, claim_key, deadline)
@@ -408,7 +452,11 @@ class Coordinator:
                     "timed out waiting for another process's refresh",
                     retry_after=self.policy.retry_after,
                 )
-            text = store.wait_for(result_key, min(remaining, 0.5))
+            wait = min(remaining, 0.5)
+            hold_left = self._uncertain_until - time.monotonic()
+            if 0 < hold_left < wait:
+                wait = hold_left  # look at the claim again as soon as a restart's hold ends
+            text = store.wait_for(result_key, wait)
             if text is not None:
                 found = self._adopt(store, refresh_token, text, follow=grant.follow)
                 if found is not None:
@@ -436,6 +484,7 @@ class Coordinator:
         grant: Grant,
         deadline: Deadline,
         on_outcome: OutcomeCallback | None,
+        claimed: _Claimed | None = None,
     ) -> Token:
         started = time.monotonic()
         grace = self.policy.provider_grace
@@ -445,6 +494,13 @@ class Coordinator:
             may_retry = attempt + 1 < attempts
             call = _ProviderCall(self, store, grant, defer=may_retry)
             threading.Thread(target=call.run, name="tokenguard-refresh", daemon=True).start()
+            if claimed is not None:
+                threading.Thread(
+                    target=self._watch_restarts,
+                    args=(store, claimed, call),
+                    name="tokenguard-reassert",
+                    daemon=True,
+                ).start()
             call.done.wait(budget)
             with call.lock:
                 if call.outcome is None:
@@ -558,6 +614,59 @@ class Coordinator:
             info = store.read_claim(claim_key)  # still failing: the outage propagates
             return info.owner == owner and info.sent_by == owner
 
+    def _watch_restarts(self, store: Store, claimed: _Claimed, call: _ProviderCall) -> None:
+        """While ``call`` runs, put its claim and "sent" mark back on a store that restarted.
+
+        A store that restarts empty (or fails over) forgets both. Other processes hold off
+        claiming for :attr:`Policy.hold_after_restart` seconds after the restart; a leader looks
+        at the store's identity every :attr:`Policy.reassert_every` seconds, well inside that
+        time, and re-asserts (same owner, the time each had left), so nobody presents the token
+        beside this call.
+        """
+        while not call.done.wait(self.policy.reassert_every):
+            try:
+                identity = store.identity()
+            except StoreError:
+                continue  # down, or coming back: look again
+            if identity is None or identity == claimed.identity:
+                continue
+            with call.lock:
+                if call.outcome is not None:
+                    return  # answered: its outcome is published (or the leader decides)
+                try:
+                    self._reassert(store, claimed, held=not call.abandoned)
+                except StoreError:
+                    log.warning("could not re-assert a claim on the restarted store; retrying")
+                    continue
+            claimed.identity = identity
+
+    def _reassert(self, store: Store, claimed: _Claimed, *, held: bool) -> None:
+        """Claim and mark "sent" again, on a store that forgot both.
+
+        ``held``: the leader still waits for the call, and keeps the claim for the time it had
+        left; otherwise it gave up waiting (and released its claim): the claim is taken just
+        long enough to set the mark, which tells a later leader the outcome is unknown.
+        """
+        now = time.monotonic()
+        ttl = claimed.claim_until - now if held else 0.0
+        brief = ttl <= 0
+        if brief:
+            ttl = _REASSERT_EVERY * 4
+        if not store.claim(claimed.claim_key, claimed.owner, ttl):
+            if store.read_claim(claimed.claim_key).owner != claimed.owner:
+                log.error(
+                    "the shared store restarted and another process claimed a refresh token"
+                    " before its leader re-asserted the claim: it may be presented twice"
+                )
+                return
+        marked = store.mark_sent(
+            claimed.claim_key, claimed.owner, max(claimed.mark_until - now, 1.0)
+        )
+        if brief:
+            self._release(store, claimed.claim_key, claimed.owner)
+        if marked:
+            log.warning("the shared store restarted: a refresh in flight re-asserted its claim")
+
     def _release(self, store: Store, claim_key: str, owner: str) -> None:
         try:
             store.release(claim_key, owner)
@@ -570,22 +679,33 @@ class Coordinator:
     def _claims_uncertain(self, store: Store) -> bool:
         """Whether the store may have forgotten claims that are still held.
 
-        After a restart (a server younger than a claim's ttl) or a failover (the server's
-        identity changed), a claim taken now could run beside one taken before: until one
-        claim ttl has passed, claims count as held and this process waits for results.
+        After a restart (a server younger than the hold) or a failover (the server's identity
+        changed), a claim taken now could run beside one taken before, until that claim's
+        leader re-asserts it (see :meth:`_watch_restarts`): for
+        :attr:`Policy.hold_after_restart` seconds (TOKENGUARD_RESTART_HOLD, at most one claim
+        ttl) claims count as held and this process waits for results.
         """
         if store is not self.store:
             return False
-        ttl = self.policy.claim_ttl
+        hold = self.policy.hold_after_restart
         uptime = store.uptime()
         identity = store.identity()
         now = time.monotonic()
         with self._state_lock:
-            if identity is not None and self._identity is not None and identity != self._identity:
-                log.warning("the shared store restarted or failed over; claims count as held")
-                self._uncertain_until = now + ttl
-            if identity is not None:
+            if identity is None:  # restarts are noticed by the uptime alone, if at all
+                if uptime is not None and uptime < hold:
+                    self._uncertain_until = max(self._uncertain_until, now + hold - uptime)
+            elif identity != self._identity:
+                # Counted once per server, from when this process first sees it: the uptime
+                # is in whole seconds, and counting it again on every look would stretch the
+                # hold by up to one.
+                if self._identity is not None:
+                    log.warning(
+                        "the shared store restarted or failed over; claims count as held for %gs",
+                        hold,
+                    )
+                    self._uncertain_until = max(self._uncertain_until, now + hold)
+                elif uptime is not None and uptime < hold:
+                    self._uncertain_until = max(self._uncertain_until, now + hold - uptime)
                 self._identity = identity
-            if uptime is not None and uptime < ttl:
-                self._uncertain_until = max(self._uncertain_until, now + ttl - uptime)
             return now < self._uncertain_until

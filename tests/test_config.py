@@ -56,6 +56,14 @@ def test_timings_must_allow_a_takeover():
         Settings.from_config(base(TOKENGUARD_WAIT_TIMEOUT=5))
 
 
+def test_the_restart_hold_leaves_time_to_reassert_and_is_at_most_a_claim_ttl():
+    with pytest.raises(ConfigurationError, match="TOKENGUARD_RESTART_HOLD"):
+        Settings.from_config(base(TOKENGUARD_RESTART_HOLD=0.1))
+    assert Settings.from_config(base()).restart_hold == 2
+    longest = base(TOKENGUARD_RESTART_HOLD=60, TOKENGUARD_CLAIM_TTL=15)
+    assert Settings.from_config(longest).restart_hold == 15  # the old hold: one claim TTL
+
+
 def test_a_secret_is_needed_unless_the_client_is_public():
     with pytest.raises(ConfigurationError, match="TOKENGUARD_CLIENT_SECRET"):
         Settings.from_config(base(TOKENGUARD_CLIENT_SECRET=None))

@@ -143,3 +143,23 @@ def test_memcached_waiters_poll_every_few_milliseconds(memcached_url: str) -> No
     finally:
         waiter.close()
         publisher.close()
+
+
+class _StatsClient:
+    """Answers ``stats`` as memcached 1.6 does at its start (which it dates 2 s back)."""
+
+    def stats(self) -> dict[bytes, int]:
+        return {b"pid": 4242, b"uptime": 2, b"time": 1796048718}
+
+    def close(self) -> None:
+        pass
+
+
+def test_memcached_uptime_counts_from_its_real_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart's hold counts from the server's real start, not its dated-back one."""
+    from flask_tokenguard.stores.memcached import MemcachedStore
+
+    monkeypatch.setattr(MemcachedStore, "_connect", lambda self: _StatsClient())
+    store = MemcachedStore("127.0.0.1", 1, identity_ttl=0.0)
+    assert (store.uptime() or 0) < 0.5
+    assert store.identity() == "4242@1796048716"
