@@ -388,15 +388,25 @@ def redis_reachable(url: str) -> str | None:
 
 class Profiled:
     """Wraps a WSGI app: every request runs under its own ``cProfile.Profile`` (a profiler
-    sees one thread), and the stats of all of them are summed."""
+    sees one thread), and the stats of all of them are summed.
 
-    def __init__(self, wsgi: Callable[..., Any]) -> None:
+    ``clock="cpu"`` (the default) times with the thread's CPU clock: waiting, for the refresh
+    or for the GIL, costs nothing, so the figures are the work each request adds to the
+    burst. ``clock="wall"`` includes the waits: a C call that lets the GIL go (``zlib``,
+    ``os.urandom``, a socket) then shows the time its thread took to get it back."""
+
+    def __init__(self, wsgi: Callable[..., Any], clock: str = "cpu") -> None:
         self.wsgi = wsgi
+        self.clock = clock
         self.lock = threading.Lock()
         self.profiles: list[cProfile.Profile] = []
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        profile = cProfile.Profile()
+        profile = (
+            cProfile.Profile(time.thread_time_ns, 1e-9)
+            if self.clock == "cpu"
+            else cProfile.Profile()
+        )
         profile.enable()
         try:
             return list(self.wsgi(environ, start_response))
@@ -414,6 +424,109 @@ class Profiled:
         stats.sort_stats("tottime").print_stats(limit)
         stats.sort_stats("cumulative").print_stats(limit)
         return out.getvalue()
+
+
+# -- spans ----------------------------------------------------------------------------------
+
+#: (label, class, method): timed with the thread's CPU clock and its wall clock, per app.
+#: Nested spans are counted in their parents too.
+SPAN_POINTS: list[tuple[str, str, str]] = [
+    ("Flask: open the cookie session", "flask.sessions:SecureCookieSessionInterface", "open_session"),
+    ("Flask: save the cookie session", "flask.sessions:SecureCookieSessionInterface", "save_session"),
+    ("rules.check (before_request)", "flask_tokenguard.rules:TokenRules", "check"),
+    ("  tokens.open", "flask_tokenguard.rules:TokenRules", "open"),
+    ("  coordinator.refresh (waiting excluded)", "flask_tokenguard.coordinator:Coordinator", "refresh"),
+    ("  rules._keep -> tokens.save", "flask_tokenguard.rules:TokenRules", "_keep"),
+    ("rules.guard (after_request)", "flask_tokenguard.rules:TokenRules", "guard"),
+    ("  coordinator.newest", "flask_tokenguard.coordinator:Coordinator", "newest"),
+    ("coordinator.is_revoked (check + guard)", "flask_tokenguard.coordinator:Coordinator", "is_revoked"),
+    ("TicketTokens.open", "flask_tokenguard.tickets:TicketTokens", "open"),
+    ("TicketTokens.save", "flask_tokenguard.tickets:TicketTokens", "save"),
+    ("TicketTokens._open_text", "flask_tokenguard.tickets:TicketTokens", "_open_text"),
+    ("Sealer() (HKDF key derivation)", "flask_tokenguard.sealing:Sealer", "__init__"),
+    ("Sealer.open (AES-GCM)", "flask_tokenguard.sealing:Sealer", "open"),
+    ("Sealer.seal (AES-GCM)", "flask_tokenguard.sealing:Sealer", "seal"),
+    ("store.read (simple://)", "flask_tokenguard.stores.memory:MemoryStore", "read"),
+    ("store.swap (simple://)", "flask_tokenguard.stores.memory:MemoryStore", "swap"),
+    ("store.read (redis://)", "flask_tokenguard.stores.redis:RedisStore", "read"),
+    ("store.swap (redis://)", "flask_tokenguard.stores.redis:RedisStore", "swap"),
+]
+
+
+class Spans:
+    """Per app (the WSGI wrapper names it in a thread-local), per span: calls, CPU and wall
+    nanoseconds, only for the requests of measured bursts."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.totals: dict[tuple[str, str], list[int]] = {}
+        self.requests: dict[str, int] = {}
+        self.on = False
+
+    def install(self) -> None:
+        import importlib
+
+        for label, where, method in SPAN_POINTS:
+            module, _, name = where.partition(":")
+            cls = getattr(importlib.import_module(module), name)
+            original = cls.__dict__.get(method) or getattr(cls, method)
+            setattr(cls, method, self._timed(label, original))
+
+    def _timed(self, label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        spans = self
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            app = getattr(spans.local, "app", None)
+            if app is None or not spans.on:
+                return fn(*args, **kwargs)
+            cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                cpu, wall = time.thread_time_ns() - cpu, time.perf_counter_ns() - wall
+                with spans.lock:
+                    total = spans.totals.setdefault((app, label), [0, 0, 0])
+                    total[0] += 1
+                    total[1] += cpu
+                    total[2] += wall
+
+        return timed
+
+    def wrap(self, name: str, wsgi: Callable[..., Any]) -> Callable[..., Any]:
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            self.local.app = name
+            try:
+                return wsgi(environ, start_response)
+            finally:
+                self.local.app = None
+                if self.on and environ.get("PATH_INFO") == "/api/token":
+                    with self.lock:
+                        self.requests[name] = self.requests.get(name, 0) + 1
+
+        return app
+
+    def report(self, names: list[str]) -> str:
+        lines = [
+            "spans: per request of the measured bursts, CPU us (thread clock) / wall us"
+            " (waits for the GIL, locks and I/O included) / calls",
+            f"{'span':<44}" + "".join(f"{name:>26}" for name in names),
+        ]
+        for label, _where, _method in SPAN_POINTS:
+            cells = []
+            for name in names:
+                total = self.totals.get((name, label))
+                count = self.requests.get(name, 0)
+                if total is None or not count:
+                    cells.append(f"{'-':>26}")
+                    continue
+                calls, cpu, wall = total
+                cells.append(
+                    f"{cpu / count / 1000:>9.0f} /{wall / count / 1000:>7.0f} /{calls / count:>5.1f}"
+                )
+            if any(cell.strip() != "-" for cell in cells):
+                lines.append(f"{label:<44}" + "".join(cells))
+        return "\n".join(lines)
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -435,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", metavar="VARIANT", help="profile this app's requests over the rounds"
     )
+    parser.add_argument(
+        "--profile-clock", choices=("cpu", "wall"), default="cpu", help="for --profile (cpu)"
+    )
+    parser.add_argument(
+        "--spans", action="store_true", help="time the main steps of every app's requests"
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 30)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
@@ -449,11 +568,14 @@ def main(argv: list[str] | None = None) -> int:
         ("-n", args.n, 32),
         ("--refresh-delay", args.refresh_delay, 0.05),
         ("--profile", args.profile, None),
+        ("--profile-clock", args.profile_clock if args.profile else None, "cpu"),
     ):
         if value is not None and value != default:
             command += f" {flag} {value}"
     if args.redis:
         command += " --redis"
+    if args.spans:
+        command += " --spans"
     print(f"flask-tokenguard burst latency vs a minimal single flight ({'quick' if args.quick else 'full'} mode)")
     print(f"reproduce: {command}")
     print(
@@ -490,12 +612,18 @@ def main(argv: list[str] | None = None) -> int:
                 app, guard = guarded_app(provider, storage, cache_url, f"{prefix}-{name}")
             served[name] = serve(name, app, guard)
             stack.callback(served[name].server.shutdown)
+        spans: Spans | None = None
+        if args.spans:
+            spans = Spans()
+            spans.install()
+            for name, one in served.items():
+                one.app.wsgi_app = spans.wrap(name, one.app.wsgi_app)  # type: ignore[method-assign]
         profiled: Profiled | None = None
         if args.profile:
             if args.profile not in served:
                 raise SystemExit(f"--profile: one of {', '.join(served)}")
             target = served[args.profile].app
-            profiled = Profiled(target.wsgi_app)
+            profiled = Profiled(target.wsgi_app, args.profile_clock)
             target.wsgi_app = profiled  # type: ignore[method-assign]
 
         gc.collect()
@@ -508,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
             rng.shuffle(order)
             if profiled is not None and index == warmup:
                 profiled.profiles.clear()
+            if spans is not None and index == warmup:
+                spans.on = True
             for name in order:
                 burst = run_burst(served[name], provider, args.n)
                 if not burst.ok:
@@ -573,9 +703,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed burst, {failure}")
     check = "ok" if not failures else f"{len(failures)} failed burst(s)"
     print(f"check, every burst of every app (warm-up included): {check}")
+    if spans is not None:
+        print()
+        print(spans.report(names))
     if profiled is not None:
         print()
-        print(f"profile of {args.profile!r}: {len(profiled.profiles)} requests, summed")
+        print(
+            f"profile of {args.profile!r} ({args.profile_clock} clock):"
+            f" {len(profiled.profiles)} requests, summed"
+        )
         print(profiled.report(40))
     print(
         "summary: slowest request over the minimal design's: "
