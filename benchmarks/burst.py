@@ -431,6 +431,8 @@ class Profiled:
 #: (label, class, method): timed with the thread's CPU clock and its wall clock, per app.
 #: Nested spans are counted in their parents too.
 SPAN_POINTS: list[tuple[str, str, str]] = [
+    ("leader: coordinator._protocol (per call)", "flask_tokenguard.coordinator:Coordinator", "_protocol"),
+    ("leader:   coordinator._call (provider call)", "flask_tokenguard.coordinator:Coordinator", "_call"),
     ("Flask: open the cookie session", "flask.sessions:SecureCookieSessionInterface", "open_session"),
     ("Flask: save the cookie session", "flask.sessions:SecureCookieSessionInterface", "save_session"),
     ("rules.check (before_request)", "flask_tokenguard.rules:TokenRules", "check"),
@@ -509,7 +511,7 @@ class Spans:
     def report(self, names: list[str]) -> str:
         lines = [
             "spans: per request of the measured bursts, CPU us (thread clock) / wall us"
-            " (waits for the GIL, locks and I/O included) / calls",
+            " (waits for the GIL, locks and I/O included) / calls; leader rows: per call",
             f"{'span':<44}" + "".join(f"{name:>26}" for name in names),
         ]
         for label, _where, _method in SPAN_POINTS:
@@ -521,6 +523,8 @@ class Spans:
                     cells.append(f"{'-':>26}")
                     continue
                 calls, cpu, wall = total
+                if label.startswith("leader:"):
+                    count = calls  # one per burst: per call
                 cells.append(
                     f"{cpu / count / 1000:>9.0f} /{wall / count / 1000:>7.0f} /{calls / count:>5.1f}"
                 )
