@@ -57,7 +57,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -378,7 +378,7 @@ def redis_reachable(url: str) -> str | None:
             client.ping()
         finally:
             client.close()
-    except Exception as exc:  # noqa: BLE001 - any failure means "skipped"
+    except Exception as exc:  # any failure means "skipped"
         return f"{type(exc).__name__}: {exc}"
     return None
 
@@ -431,17 +431,41 @@ class Profiled:
 #: (label, class, method): timed with the thread's CPU clock and its wall clock, per app.
 #: Nested spans are counted in their parents too.
 SPAN_POINTS: list[tuple[str, str, str]] = [
-    ("leader: coordinator._protocol (per call)", "flask_tokenguard.coordinator:Coordinator", "_protocol"),
-    ("leader:   coordinator._call (provider call)", "flask_tokenguard.coordinator:Coordinator", "_call"),
-    ("Flask: open the cookie session", "flask.sessions:SecureCookieSessionInterface", "open_session"),
-    ("Flask: save the cookie session", "flask.sessions:SecureCookieSessionInterface", "save_session"),
+    (
+        "leader: coordinator._protocol (per call)",
+        "flask_tokenguard.coordinator:Coordinator",
+        "_protocol",
+    ),
+    (
+        "leader:   coordinator._call (provider call)",
+        "flask_tokenguard.coordinator:Coordinator",
+        "_call",
+    ),
+    (
+        "Flask: open the cookie session",
+        "flask.sessions:SecureCookieSessionInterface",
+        "open_session",
+    ),
+    (
+        "Flask: save the cookie session",
+        "flask.sessions:SecureCookieSessionInterface",
+        "save_session",
+    ),
     ("rules.check (before_request)", "flask_tokenguard.rules:TokenRules", "check"),
     ("  tokens.open", "flask_tokenguard.rules:TokenRules", "open"),
-    ("  coordinator.refresh (waiting excluded)", "flask_tokenguard.coordinator:Coordinator", "refresh"),
+    (
+        "  coordinator.refresh (waiting excluded)",
+        "flask_tokenguard.coordinator:Coordinator",
+        "refresh",
+    ),
     ("  rules._keep -> tokens.save", "flask_tokenguard.rules:TokenRules", "_keep"),
     ("rules.guard (after_request)", "flask_tokenguard.rules:TokenRules", "guard"),
     ("  coordinator.newest", "flask_tokenguard.coordinator:Coordinator", "newest"),
-    ("coordinator.is_revoked (check + guard)", "flask_tokenguard.coordinator:Coordinator", "is_revoked"),
+    (
+        "coordinator.is_revoked (check + guard)",
+        "flask_tokenguard.coordinator:Coordinator",
+        "is_revoked",
+    ),
     ("TicketTokens.open", "flask_tokenguard.tickets:TicketTokens", "open"),
     ("TicketTokens.save", "flask_tokenguard.tickets:TicketTokens", "save"),
     ("TicketTokens._open_text", "flask_tokenguard.tickets:TicketTokens", "_open_text"),
@@ -525,9 +549,8 @@ class Spans:
                 calls, cpu, wall = total
                 if label.startswith("leader:"):
                     count = calls  # one per burst: per call
-                cells.append(
-                    f"{cpu / count / 1000:>9.0f} /{wall / count / 1000:>7.0f} /{calls / count:>5.1f}"
-                )
+                cpu_us, wall_us = cpu / count / 1000, wall / count / 1000
+                cells.append(f"{cpu_us:>9.0f} /{wall_us:>7.0f} /{calls / count:>5.1f}")
             if any(cell.strip() != "-" for cell in cells):
                 lines.append(f"{label:<44}" + "".join(cells))
         return "\n".join(lines)
@@ -536,7 +559,7 @@ class Spans:
 # -- the run --------------------------------------------------------------------------------
 
 
-def median(values: list[float]) -> float:
+def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
@@ -561,9 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 30)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-    redis_url = args.redis_url or os.environ.get(
-        "TOKENGUARD_REDIS_URL", "redis://127.0.0.1:6379/0"
-    )
+    redis_url = args.redis_url or os.environ.get("TOKENGUARD_REDIS_URL", "redis://127.0.0.1:6379/0")
 
     command = "python benchmarks/burst.py" + (" --quick" if args.quick else "")
     for flag, value, default in (
@@ -580,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         command += " --redis"
     if args.spans:
         command += " --spans"
-    print(f"flask-tokenguard burst latency vs a minimal single flight ({'quick' if args.quick else 'full'} mode)")
+    mode = "quick" if args.quick else "full"
+    print(f"flask-tokenguard burst latency vs a minimal single flight ({mode} mode)")
     print(f"reproduce: {command}")
     print(
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; Python {platform.python_version()},"
@@ -621,14 +643,15 @@ def main(argv: list[str] | None = None) -> int:
             spans = Spans()
             spans.install()
             for name, one in served.items():
-                one.app.wsgi_app = spans.wrap(name, one.app.wsgi_app)  # type: ignore[method-assign]
+                wrapped = spans.wrap(name, one.app.wsgi_app)
+                one.app.wsgi_app = wrapped  # type: ignore[method-assign]
         profiled: Profiled | None = None
         if args.profile:
             if args.profile not in served:
                 raise SystemExit(f"--profile: one of {', '.join(served)}")
-            target = served[args.profile].app
-            profiled = Profiled(target.wsgi_app, args.profile_clock)
-            target.wsgi_app = profiled  # type: ignore[method-assign]
+            profiled_app = served[args.profile].app
+            profiled = Profiled(profiled_app.wsgi_app, args.profile_clock)
+            profiled_app.wsgi_app = profiled  # type: ignore[method-assign]
 
         gc.collect()
         gc.freeze()

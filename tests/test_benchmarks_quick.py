@@ -114,6 +114,8 @@ def test_the_burst_benchmark_runs_in_quick_mode_and_every_burst_refreshes_once()
     rows = [line for line in out.splitlines() if re.match(r"^\([abc]\) ", line)]
     assert [row[:3] for row in rows] == ["(a)", "(b)", "(c)"], out
     for row in rows:
-        assert re.search(r"\b(\d+)/\1 bursts: 32 x 200, 1 refresh, 1 presentation, 1 token$", row), out
+        assert re.search(
+            r"\b(\d+)/\1 bursts: 32 x 200, 1 refresh, 1 presentation, 1 token$", row
+        ), out
     assert re.search(r"^check, every burst of every app .*: ok$", out, re.MULTILINE), out
     assert re.search(r"^summary: .* -> ok$", out, re.MULTILINE), out
