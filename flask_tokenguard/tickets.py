@@ -143,6 +143,12 @@ class TicketTokens:
             ticket_id = _b64(secrets.token_bytes(_ID_BYTES))
             secret = secrets.token_bytes(_SECRET_BYTES)
         key = self.keys.ticket(ticket_id)
+        expected = None if fresh or previous is None or not previous.box else previous.box
+        if expected is not None and self.store.read(key) != expected:
+            # Written meanwhile (in a burst, every request that shared one refresh writes its
+            # result, and the first one wins): the swap could only fail, so the record is not
+            # opened and sealed for it. A read that matches still goes through the swap.
+            raise RecordConflict("the session's token record changed meanwhile")
         body: dict[str, Any] = {"v": 1, "token": token, "st": state.value, "at": time.time()}
         if previous is not None and previous.box and not fresh:
             old = self._open_text(key, previous.box, secret)  # who it belongs to carries over
@@ -151,7 +157,6 @@ class TicketTokens:
         text = self._sealer(secret).seal(
             json.dumps(body, separators=(",", ":")).encode("utf-8"), key.encode("utf-8")
         )
-        expected = None if fresh or previous is None or not previous.box else previous.box
         if not self.store.swap(key, expected, text, self.lifetime):
             if fresh:  # a random 128-bit id already taken: practically never
                 raise StoreError("a new token ticket collided with an existing one")

@@ -105,3 +105,17 @@ def test_the_comparison_runs_in_quick_mode_and_only_tokenguard_refreshes_once(re
     assert "single-flight map after: 0 entries" in waiters[0], out
     assert waiters[0].endswith("-> ok"), out
     assert re.search(r"^summary: .* -> ok$", out, re.MULTILINE), out
+
+
+@pytest.mark.slow
+def test_the_burst_benchmark_runs_in_quick_mode_and_every_burst_refreshes_once():
+    """Correctness figures only: every app of every round answers 32 x 200 after one refresh."""
+    out = run_quick("burst.py")
+    rows = [line for line in out.splitlines() if re.match(r"^\([abc]\) ", line)]
+    assert [row[:3] for row in rows] == ["(a)", "(b)", "(c)"], out
+    for row in rows:
+        assert re.search(
+            r"\b(\d+)/\1 bursts: 32 x 200, 1 refresh, 1 presentation, 1 token$", row
+        ), out
+    assert re.search(r"^check, every burst of every app .*: ok$", out, re.MULTILINE), out
+    assert re.search(r"^summary: .* -> ok$", out, re.MULTILINE), out
