@@ -248,9 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             "opened": wsgi(caller(app, "/open", cookie)),
             "checked": wsgi(caller(bare_app, "/protected", cookie)),
             "protected store": wsgi(caller(app, "/protected", cookie)),
-            "protected session": wsgi(
-                caller(in_session, "/protected", session_mode_cookie)
-            ),
+            "protected session": wsgi(caller(in_session, "/protected", session_mode_cookie)),
             "checked session": wsgi(caller(bare_app, "/protected", session_mode_cookie)),
         },
         rounds,

@@ -56,6 +56,7 @@ log = logging.getLogger("flask_tokenguard")
 #: Called by the thread that called the provider: (new token, None) or (None, error).
 OutcomeCallback = Callable[[Token | None, RefreshError | None], None]
 
+
 class Vetter(Protocol):
     """Checks a refresh's outcome before anyone adopts it (the ID token checks, for one)."""
 

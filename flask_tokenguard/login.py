@@ -119,8 +119,7 @@ class LoginFlow:
         authorize_url = self.discovery.endpoints().authorize_url
         if not authorize_url:
             raise ConfigurationError(
-                f"{K.AUTHORIZE_URL} (or {K.SERVER_METADATA_URL}) is required for the login"
-                " helpers"
+                f"{K.AUTHORIZE_URL} (or {K.SERVER_METADATA_URL}) is required for the login helpers"
             )
         state = secrets.token_urlsafe(24)
         verifier, challenge = pkce_pair()

@@ -65,9 +65,7 @@ def test_a_leader_in_flight_reasserts_its_claim_after_a_redis_restart(
     private_redis.restart()  # the empty server forgets both
 
     # Inside the hold, and after it (the call still in flight): neither presents the token.
-    early = threading.Thread(
-        target=get, args=("early", new_client(other_app, token), other_app)
-    )
+    early = threading.Thread(target=get, args=("early", new_client(other_app, token), other_app))
     early.start()
     time.sleep(2.8)
     assert _claims(private_redis.url) == before  # re-asserted: same owner, same mark
