@@ -25,6 +25,7 @@ import requests
 from .config import ConfigKeys as K
 from .config import Settings, check_url
 from .errors import ConfigurationError
+from .provider import get_document
 
 log = logging.getLogger("flask_tokenguard")
 
@@ -139,24 +140,14 @@ class Discovery:
         url = str(self.metadata_url)
         key = K.SERVER_METADATA_URL
         try:
-            with requests.Session() as http:
-                reply = http.get(
-                    url,
-                    headers={"Accept": "application/json"},
-                    timeout=(min(5.0, self.timeout), self.timeout),
-                    allow_redirects=False,
-                    stream=True,
-                )
-                body = reply.raw.read(MAX_METADATA_BYTES + 1, decode_content=True)
+            status, body = get_document(url, timeout=self.timeout, max_bytes=MAX_METADATA_BYTES)
         except (requests.RequestException, OSError) as exc:
             raise ConfigurationError(
                 f"{key} {url} could not be fetched ({type(exc).__name__}): the provider's"
                 " endpoints are unknown"
             ) from None
-        if reply.status_code != 200 or len(body) > MAX_METADATA_BYTES:
-            raise ConfigurationError(
-                f"{key} {url} answered {reply.status_code}, not a metadata document"
-            )
+        if status != 200 or len(body) > MAX_METADATA_BYTES:
+            raise ConfigurationError(f"{key} {url} answered {status}, not a metadata document")
         try:
             document = json.loads(body)
         except (ValueError, RecursionError):

@@ -30,6 +30,7 @@ from joserfc.jwk import KeySet
 from .config import ConfigKeys as K
 from .discovery import Discovery
 from .errors import ConfigurationError, IdTokenError, InvalidGrant
+from .provider import get_document
 from .token import Token
 
 log = logging.getLogger("flask_tokenguard")
@@ -242,21 +243,13 @@ class IdTokens:
                 f"the provider's JWKS is unknown: set {K.JWKS_URL} or {K.SERVER_METADATA_URL}"
             )
         try:
-            with requests.Session() as http:
-                reply = http.get(
-                    url,
-                    headers={"Accept": "application/json"},
-                    timeout=(min(5.0, self.timeout), self.timeout),
-                    allow_redirects=False,
-                    stream=True,
-                )
-                body = reply.raw.read(MAX_JWKS_BYTES + 1, decode_content=True)
+            status, body = get_document(url, timeout=self.timeout, max_bytes=MAX_JWKS_BYTES)
         except (requests.RequestException, OSError) as exc:
             raise IdTokenError(
                 f"the provider's JWKS could not be fetched ({type(exc).__name__})"
             ) from None
-        if reply.status_code != 200 or len(body) > MAX_JWKS_BYTES:
-            raise IdTokenError(f"the provider's JWKS answered {reply.status_code}")
+        if status != 200 or len(body) > MAX_JWKS_BYTES:
+            raise IdTokenError(f"the provider's JWKS answered {status}")
         try:
             document = json.loads(body)
             keys = [

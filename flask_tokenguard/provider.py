@@ -309,19 +309,40 @@ def revoke_tokens(
     return bool(outcome and outcome[0])
 
 
+def get_document(
+    url: str, *, timeout: float, max_bytes: int, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """GET a JSON document of the provider's: its status and at most ``max_bytes + 1`` bytes.
+
+    No redirect is followed; raises ``requests.RequestException`` or ``OSError``.
+    """
+    with requests.Session() as http:
+        reply = http.get(
+            url,
+            headers={"Accept": "application/json", **(headers or {})},
+            timeout=(min(5.0, timeout), timeout),
+            allow_redirects=False,
+            stream=True,
+        )
+        return reply.status_code, reply.raw.read(max_bytes + 1, decode_content=True)
+
+
+#: The longest userinfo answer read.
+MAX_USERINFO_BYTES = 256 * 1024
+
+
 def fetch_userinfo(userinfo_url: str, access_token: str, *, timeout: float) -> dict[str, Any]:
     """The userinfo endpoint's JSON object for ``access_token``; raises ``ValueError`` or
     ``requests.RequestException`` (the caller logs and goes on without it)."""
-    with requests.Session() as http:
-        reply = http.get(
-            userinfo_url,
-            headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
-            timeout=(min(5.0, timeout), timeout),
-            allow_redirects=False,
-        )
-    if reply.status_code != 200:
-        raise ValueError(f"the userinfo endpoint answered {reply.status_code}")
-    body = json.loads(reply.text)
+    status, raw = get_document(
+        userinfo_url,
+        timeout=timeout,
+        max_bytes=MAX_USERINFO_BYTES,
+        headers={"Authorization": f"Bearer {access_token}"},
+    )
+    if status != 200 or len(raw) > MAX_USERINFO_BYTES:
+        raise ValueError(f"the userinfo endpoint answered {status}")
+    body = json.loads(raw)
     if not isinstance(body, dict):
         raise ValueError("the userinfo endpoint did not answer a JSON object")
     return body
