@@ -216,15 +216,15 @@ class _ProviderCall:
                 OutcomeUnknown(f"refresh failed unexpectedly ({type(exc).__name__})")
             )
         with self.lock:
-            self.outcome = outcome
             if self.abandoned and isinstance(outcome, RefreshError):
                 pass  # the ambiguous record the leader published stays
             elif self.defer and isinstance(outcome, OutcomeUnknown) and not self.abandoned:
                 pass  # the leader decides: retry inside the provider's grace, or publish
             else:
-                self.coordinator._publish(self.store, self.grant.key, outcome)
+                outcome = self.coordinator._publish(self.store, self.grant.key, outcome)
                 if self.abandoned:
                     log.info("a refresh that outlived its deadline succeeded; result published")
+            self.outcome = outcome
         self.done.set()
 
 
@@ -522,7 +522,7 @@ class Coordinator:
                     grace,
                 )
                 continue
-            self._publish(store, grant.key, outcome)
+            outcome = self._publish(store, grant.key, outcome)
             break
         if on_outcome is not None:
             try:
@@ -573,7 +573,12 @@ class Coordinator:
             current = following
         return newest
 
-    def _publish(self, store: Store, refresh_token: str, outcome: Token | RefreshError) -> None:
+    def _publish(
+        self, store: Store, refresh_token: str, outcome: Token | RefreshError
+    ) -> Token | RefreshError:
+        """Publish ``outcome``; the outcome as published (a success for a token signed out
+        meanwhile is published, and returned, as ``InvalidGrant``: every waiter, here or in
+        another process, learns the same)."""
         key = self.keys.result(refresh_token)
         if isinstance(outcome, RefreshError):
             record, ttl = self.codec.failure(outcome), self.policy.publish_ttl(outcome)
@@ -583,8 +588,8 @@ class Coordinator:
         elif self._revoked_quietly(store, refresh_token):
             # Signed out while the call was in flight: no success is ever published for it.
             log.info("a refresh finished after its session signed out; not published")
-            refused = InvalidGrant("signed out during the refresh")
-            record, ttl = self.codec.failure(refused), self.policy.publish_ttl(refused)
+            outcome = InvalidGrant("signed out during the refresh")
+            record, ttl = self.codec.failure(outcome), self.policy.publish_ttl(outcome)
         else:
             record, ttl = self.codec.success(outcome), self.policy.result_ttl
         try:
@@ -592,6 +597,7 @@ class Coordinator:
         except StoreError:
             # The provider has answered: our own requests still get the outcome.
             log.error("could not publish a refresh outcome: the shared store is unreachable")
+        return outcome
 
     def _record(
         self, store: Store, refresh_token: str, text: str | None = None

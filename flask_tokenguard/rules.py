@@ -130,11 +130,9 @@ class TokenRules:
             log.warning("refresh not done (%s); the token is kept", exc)
             state.error = exc
         else:
-            if self.coordinator.is_revoked(refresh_token):
-                self._drop(session, state, InvalidGrant("signed out during the refresh"))
-            else:
-                self._keep(session, state, new)
-                state.refreshed = True
+            # (A token signed out meanwhile came back as InvalidGrant, for every waiter.)
+            self._keep(session, state, new)
+            state.refreshed = True
         return state
 
     def open(self, session: Session, state: RequestState) -> Token | None:
@@ -298,11 +296,17 @@ class TokenRules:
         try:
             state.record = self.tokens.save(session, token, state=mark, previous=state.record)
             state.token = token
-        except RecordConflict:
-            # Another request of this session wrote first: what it wrote is the newest.
-            state.token = None
-            state.record = self.tokens.peek(session)
-            self.open(session, state)
+        except RecordConflict as conflict:
+            # Another request of this session wrote first: what it wrote is the newest (the
+            # conflict carries it: no second read).
+            state.token, state.record = None, self.tokens.peek(session)
+            if state.record is not None and isinstance(self.tokens, TicketTokens):
+                try:
+                    state.token, state.record = self.tokens.open_text(
+                        session, state.record, conflict.current
+                    )
+                except TokenError as exc:
+                    self._drop(session, state, exc)
         except StoreError as exc:
             log.warning("the refreshed token could not be stored (%s)", exc)
             state.error = exc

@@ -27,7 +27,15 @@ _STATES = {state.value: state for state in TokenState}
 
 
 class RecordConflict(TokenError):
-    """The record changed since this request read it; read it again and take what is there."""
+    """The record changed since this request read it: take what is there now.
+
+    ``current``: the record's text as just read (None: it is gone), so the caller need not
+    read it again.
+    """
+
+    def __init__(self, message: str, current: str | None) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 class Record(NamedTuple):

@@ -100,9 +100,14 @@ class TicketTokens:
         this session may have refreshed the token). TokenError when there is no record (signed
         out elsewhere, expired, evicted) or it does not open; StoreError when the store fails.
         """
+        return self.open_text(session, record, self.store.read(self._key(session)))
+
+    def open_text(
+        self, session: MutableMapping[str, Any], record: Record, text: str | None
+    ) -> tuple[Token, Record]:
+        """As :meth:`open`, with the record's ``text`` already read (None: it is gone)."""
         ticket_id, secret = self._ticket(session)
         key = self.keys.ticket(ticket_id)
-        text = self.store.read(key)
         if text is None:
             raise TokenError("the session's token record is gone (signed out, or expired)")
         body = self._open_text(key, text, secret)
@@ -144,11 +149,14 @@ class TicketTokens:
             secret = secrets.token_bytes(_SECRET_BYTES)
         key = self.keys.ticket(ticket_id)
         expected = None if fresh or previous is None or not previous.box else previous.box
-        if expected is not None and self.store.read(key) != expected:
-            # Written meanwhile (in a burst, every request that shared one refresh writes its
-            # result, and the first one wins): the swap could only fail, so the record is not
-            # opened and sealed for it. A read that matches still goes through the swap.
-            raise RecordConflict("the session's token record changed meanwhile")
+        if expected is not None:
+            current = self.store.read(key)
+            if current != expected:
+                # Written meanwhile (in a burst, every request that shared one refresh writes
+                # its result, and the first one wins): the swap could only fail, so the record
+                # is not opened and sealed for it; what is there now goes back to the caller.
+                # A read that matches still goes through the swap.
+                raise RecordConflict("the session's token record changed meanwhile", current)
         body: dict[str, Any] = {"v": 1, "token": token, "st": state.value, "at": time.time()}
         if previous is not None and previous.box and not fresh:
             old = self._open_text(key, previous.box, secret)  # who it belongs to carries over
@@ -160,7 +168,9 @@ class TicketTokens:
         if not self.store.swap(key, expected, text, self.lifetime):
             if fresh:  # a random 128-bit id already taken: practically never
                 raise StoreError("a new token ticket collided with an existing one")
-            raise RecordConflict("the session's token record changed meanwhile")
+            raise RecordConflict(
+                "the session's token record changed meanwhile", self.store.read(key)
+            )
         if fresh:
             for name, index in (("sub", self.keys.subject), ("sid", self.keys.provider_session)):
                 if isinstance(body.get(name), str):
@@ -200,6 +210,9 @@ class TicketTokens:
         return len(keys)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _key(self, session: MutableMapping[str, Any]) -> str:
+        return self.keys.ticket(self._ticket(session)[0])
 
     def _sealer(self, secret: bytes) -> Sealer:
         return Sealer([app + b"\x00" + secret for app in self.secrets], "ticket")

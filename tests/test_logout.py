@@ -146,12 +146,21 @@ def test_no_success_is_published_for_a_token_logged_out_meanwhile(provider):
     token = provider.issue(expires_in=0)
     provider.set_faults(refresh_delay=0.5)
     leader = coordinator()
-    done = threading.Thread(target=lambda: leader.refresh(token, Deadline(5)))
+    outcome: list[BaseException] = []
+
+    def lead() -> None:
+        try:
+            leader.refresh(token, Deadline(5))
+        except InvalidGrant as exc:
+            outcome.append(exc)
+
+    done = threading.Thread(target=lead)
     done.start()
     time.sleep(0.2)
     coordinator().revoke(token["refresh_token"])  # another process logs out meanwhile
     done.join()
     assert provider.stats()["refreshes"] == 1
+    assert len(outcome) == 1  # the leader's own requests learn it too
     assert coordinator().newest(token["refresh_token"]) is None
     with pytest.raises(InvalidGrant):
         coordinator().refresh(token, Deadline(5))
