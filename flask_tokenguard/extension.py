@@ -107,6 +107,8 @@ class _AppState:
     app_tokens: AppTokens
     #: endpoint -> whether the hook skips it (an endpoint's view and blueprints never change)
     exempt: dict[str | None, bool] = field(default_factory=dict)
+    #: the session cookie's name, from the app's session interface at the first request
+    cookie_name: str | None = None
     #: opened on first use (``TokenGuard.grant_store``)
     grant_store: GrantStore | None = None
 
@@ -357,9 +359,13 @@ class TokenGuard:
             if request.method == "OPTIONS":
                 return run(*args, **kwargs)
             state = self._state()
-            if not self._has_cookie(state):
-                return self.unauthorized()
-            request_state = self._check(state)
+            request_state = g.get(_G)
+            if not isinstance(request_state, RequestState):  # the hook did not run
+                if _session_cookie(state) not in request.cookies:
+                    return self.unauthorized()
+                request_state = self._check(state)
+            elif not request_state.checked:
+                request_state = self._check(state)
             denied = self._answer(state.rules.verdict(session, request_state))
             if denied is not None:
                 return denied
@@ -754,7 +760,7 @@ class TokenGuard:
     def _has_cookie(state: _AppState) -> bool:
         """Whether the request can have a token: it carries a session cookie, or this request
         already put a token in its session."""
-        return _session_cookie() in request.cookies or isinstance(g.get(_G), RequestState)
+        return _session_cookie(state) in request.cookies or isinstance(g.get(_G), RequestState)
 
     def _is_exempt(self, state: _AppState) -> bool:
         endpoint = request.endpoint
@@ -775,7 +781,7 @@ class TokenGuard:
     def _before_request(self, state: _AppState) -> None:
         if (
             state.settings.auto_refresh
-            and _session_cookie() in request.cookies
+            and _session_cookie(state) in request.cookies
             and not self._is_exempt(state)
         ):
             self._check(state)
@@ -807,9 +813,13 @@ def _announce(new: Token | None, error: RefreshError | None) -> None:
         token_refresh_failed.send(app, error=error)
 
 
-def _session_cookie() -> str:
-    app = current_app
-    return app.session_interface.get_cookie_name(app)
+def _session_cookie(state: _AppState) -> str:
+    """The session cookie's name, read from the app at its first request (then kept)."""
+    name = state.cookie_name
+    if name is None:
+        app = current_app
+        name = state.cookie_name = app.session_interface.get_cookie_name(app)
+    return name
 
 
 def _workers() -> int:

@@ -80,7 +80,7 @@ class SessionTokens:
         fp, box = raw.get("fp"), raw.get("box")
         if (fp is not None and not isinstance(fp, str)) or not isinstance(box, str):
             raise TokenError("the session's token record is malformed")
-        return readable(raw, "record")._replace(fingerprint=fp, box=box)
+        return readable(raw, "record", fp, box)
 
     def open(self, session: MutableMapping[str, Any], record: Record) -> tuple[Token, Record]:
         """The token in ``record``; re-sealed under the current key if a fallback opened it."""
@@ -154,14 +154,20 @@ def read_entry(
     return raw
 
 
-def readable(raw: dict[str, Any], what: str) -> Record:
+def readable(
+    raw: dict[str, Any], what: str, fingerprint: str | None = None, box: str = ""
+) -> Record:
     """The readable part of a session entry (expiry, refresh time, state); TokenError if bad."""
     exp, due = raw.get("exp"), raw.get("due")
     state = _STATES.get(raw.get("st"))  # type: ignore[arg-type]
     if not (is_time(exp) and is_time(due)) or state is None:
         raise TokenError(f"the session's token {what} is malformed")
     return Record(
-        None if exp is None else float(exp), None if due is None else float(due), None, state, ""
+        None if exp is None else float(exp),
+        None if due is None else float(due),
+        fingerprint,
+        state,
+        box,
     )
 
 
