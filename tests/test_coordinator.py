@@ -10,29 +10,17 @@ import time
 
 import pytest
 
-from flask_tokenguard.coordinator import Coordinator, Policy
 from flask_tokenguard.deadline import Deadline
 from flask_tokenguard.errors import OutcomeUnknown, RefreshTimeout
-from flask_tokenguard.keys import KeyNames
-from flask_tokenguard.provider import ClientCredentials, RefreshClient
-from flask_tokenguard.records import RecordCodec
-from flask_tokenguard.sealing import Sealer
 from flask_tokenguard.stores.memory import MemoryStore
+
+from .fixtures.provider import coordinator_for
 
 
 @pytest.fixture
 def coordinator(provider):
     def make(**policy):
-        client = RefreshClient(
-            provider.token_url, ClientCredentials(provider.client_id, provider.client_secret)
-        )
-        return Coordinator(
-            client,
-            MemoryStore(),
-            KeyNames(provider.client_id),
-            RecordCodec(Sealer(["secret"], "store")),
-            Policy(**{"provider_timeout": 2, "claim_ttl": 3, **policy}),
-        )
+        return coordinator_for(provider, **policy)
 
     return make
 
@@ -114,15 +102,7 @@ def test_a_sent_mark_whose_answer_was_lost_is_settled_by_reading_it_back(provide
             super().mark_sent(key, owner, ttl)
             raise StoreUnavailable("timed out reading the answer")
 
-    guard = Coordinator(
-        RefreshClient(
-            provider.token_url, ClientCredentials(provider.client_id, provider.client_secret)
-        ),
-        LostAnswer(),
-        KeyNames(provider.client_id),
-        RecordCodec(Sealer(["secret"], "store")),
-        Policy(provider_timeout=2, claim_ttl=3),
-    )
+    guard = coordinator_for(provider, LostAnswer())
     token = provider.issue(expires_in=0)
     new, called = guard.refresh(token, Deadline(5))
     assert called

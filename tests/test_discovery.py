@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -20,7 +17,7 @@ from flask_tokenguard.errors import ProviderUnavailable
 from flask_tokenguard.provider import ClientCredentials, RefreshClient
 
 from .fixtures.apps import make_app
-from .fixtures.servers import serve
+from .fixtures.servers import serve, silent_server
 
 
 class MetadataServer:
@@ -41,18 +38,6 @@ class MetadataServer:
                 environ, start_response
             )
         return Response("not found", 404)(environ, start_response)
-
-
-@contextmanager
-def silent_server() -> Iterator[str]:
-    """A server that accepts connections and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        listener.close()
 
 
 def settings(**config: Any) -> Settings:

@@ -26,6 +26,7 @@ from flask_tokenguard.stores.memory import MemoryStore
 
 from .fixtures.apps import burst, new_client
 from .fixtures.oidc_app import make_oidc_app
+from .fixtures.provider import coordinator_for
 from .fixtures.servers import serve
 
 
@@ -196,16 +197,7 @@ def test_a_published_result_for_another_user_is_not_adopted(provider):
     ids = ids_for(provider)
 
     def coordinator(vetter: IdTokens | None) -> Coordinator:
-        return Coordinator(
-            RefreshClient(
-                provider.token_url, ClientCredentials(provider.client_id, provider.client_secret)
-            ),
-            store,
-            KeyNames(provider.client_id),
-            RecordCodec(Sealer(["secret"], "store")),
-            Policy(provider_timeout=2, claim_ttl=3),
-            vetter=vetter,
-        )
+        return coordinator_for(provider, store, vetter=vetter)
 
     alice = provider.issue("alice", scope="openid", expires_in=0)
     bob = provider.issue("bob", scope="openid", expires_in=0)
@@ -222,16 +214,7 @@ def test_the_leader_vets_before_publishing(provider):
     """A waiter in another process adopts the leader's failure, never the other user's token."""
     store = MemoryStore()
     ids = ids_for(provider)
-    make = lambda: Coordinator(  # noqa: E731
-        RefreshClient(
-            provider.token_url, ClientCredentials(provider.client_id, provider.client_secret)
-        ),
-        store,
-        KeyNames(provider.client_id),
-        RecordCodec(Sealer(["secret"], "store")),
-        Policy(provider_timeout=2, claim_ttl=3),
-        vetter=ids,
-    )
+    make = lambda: coordinator_for(provider, store, vetter=ids)  # noqa: E731
     token = provider.issue(scope="openid", expires_in=0)
     provider.set_faults(id_token_fault="wrong_sub")
     with pytest.raises(InvalidGrant):

@@ -4,11 +4,8 @@ that no copy of the session and no refresh in flight can get past."""
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -16,18 +13,15 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from flask_tokenguard.coordinator import Coordinator, Policy
+from flask_tokenguard.coordinator import Coordinator
 from flask_tokenguard.deadline import Deadline
 from flask_tokenguard.errors import InvalidGrant
-from flask_tokenguard.keys import KeyNames
-from flask_tokenguard.provider import ClientCredentials, RefreshClient
-from flask_tokenguard.records import RecordCodec
-from flask_tokenguard.sealing import Sealer
 from flask_tokenguard.stores.memory import MemoryStore
 
 from .fixtures.apps import clone_cookies, make_app, new_client
 from .fixtures.oidc_app import make_oidc_app
-from .fixtures.servers import serve
+from .fixtures.provider import coordinator_for
+from .fixtures.servers import serve, silent_server
 
 
 def oidc_app(provider: Any, tmp_path: Any, **config: Any) -> Any:
@@ -48,17 +42,6 @@ def signed_in(base: str) -> tuple[requests.Session, dict[str, Any]]:
     back = requests.get(to_provider.headers["Location"], allow_redirects=False, timeout=5)
     assert http.get(back.headers["Location"], timeout=5).status_code == 200
     return http, http.get(f"{base}/_test/token", timeout=5).json()
-
-
-@contextmanager
-def silent_server() -> Iterator[str]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        listener.close()
 
 
 def test_logout_revokes_the_grant_at_the_provider(provider, tmp_path):
@@ -133,15 +116,7 @@ def test_no_success_is_published_for_a_token_logged_out_meanwhile(provider):
     store = MemoryStore()
 
     def coordinator() -> Coordinator:
-        return Coordinator(
-            RefreshClient(
-                provider.token_url, ClientCredentials(provider.client_id, provider.client_secret)
-            ),
-            store,
-            KeyNames(provider.client_id),
-            RecordCodec(Sealer(["secret"], "store")),
-            Policy(provider_timeout=2, claim_ttl=3),
-        )
+        return coordinator_for(provider, store)
 
     token = provider.issue(expires_in=0)
     provider.set_faults(refresh_delay=0.5)

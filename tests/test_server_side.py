@@ -17,6 +17,7 @@ import requests
 from flask import jsonify, request
 
 from .fixtures.apps import burst, clone_cookies, make_app, new_client
+from .fixtures.oidc_app import add_sign_in_routes
 from .fixtures.servers import serve
 
 N = 16
@@ -25,17 +26,7 @@ N = 16
 def signin_app(provider: Any, tmp_path: Any, **config: Any) -> Any:
     app = make_app(provider, str(tmp_path / "instance"), **config)
     guard = app.extensions["tokenguard_guard"]
-
-    @app.get("/login")
-    @guard.exempt
-    def login() -> Any:
-        return guard.authorize_redirect(request.host_url.rstrip("/") + "/callback")
-
-    @app.get("/callback")
-    @guard.exempt
-    def callback() -> Any:
-        guard.authorize_callback()
-        return jsonify(ok=True)
+    add_sign_in_routes(app)
 
     @app.post("/_test/logout-all")
     @guard.exempt

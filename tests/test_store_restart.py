@@ -22,10 +22,10 @@ from flask_tokenguard.keys import KeyNames
 from flask_tokenguard.provider import ClientCredentials, RefreshClient
 from flask_tokenguard.records import RecordCodec
 from flask_tokenguard.sealing import Sealer
-from flask_tokenguard.stores.base import ClaimInfo, Store
 from flask_tokenguard.stores.memory import MemoryStore
 
 from .fixtures.apps import burst, new_client, wait_for_refresh_requests
+from .fixtures.stores import DelegatingStore
 
 
 def _claims(url: str) -> dict[str, bytes | None]:
@@ -102,7 +102,7 @@ def test_a_burst_right_after_a_redis_restart_waits_only_for_the_restart_hold(
     assert provider.stats()["max_presentations"] == 1
 
 
-class RestartingStore(Store):
+class RestartingStore(DelegatingStore):
     """An in-memory store that can restart empty: a new identity, an uptime from zero."""
 
     def __init__(self) -> None:
@@ -118,33 +118,6 @@ class RestartingStore(Store):
 
     def uptime(self) -> float | None:
         return time.monotonic() - self.started
-
-    def claim(self, key: str, owner: str, ttl: float) -> bool:
-        return self.inner.claim(key, owner, ttl)
-
-    def mark_sent(self, key: str, owner: str, ttl: float) -> bool:
-        return self.inner.mark_sent(key, owner, ttl)
-
-    def read_claim(self, key: str) -> ClaimInfo:
-        return self.inner.read_claim(key)
-
-    def release(self, key: str, owner: str) -> bool:
-        return self.inner.release(key, owner)
-
-    def _publish(self, key: str, value: str, ttl: float) -> None:
-        self.inner.publish(key, value, ttl)
-
-    def _swap(self, key: str, expected: str | None, value: str, ttl: float) -> bool:
-        return self.inner.swap(key, expected, value, ttl)
-
-    def _touch(self, key: str, ttl: float) -> bool:
-        return self.inner.touch(key, ttl)
-
-    def read(self, key: str) -> str | None:
-        return self.inner.read(key)
-
-    def forget(self, key: str) -> None:
-        self.inner.forget(key)
 
 
 def test_a_leader_that_stopped_waiting_still_marks_its_token_sent_after_a_restart(
