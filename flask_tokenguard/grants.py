@@ -5,7 +5,7 @@ refreshes a user's token). Rows are written through SQLAlchemy Core, in one tabl
 created when missing (``CREATE TABLE IF NOT EXISTS`` semantics: no migrations)::
 
     tokenguard_grants
-      grant_id        VARCHAR(64)  primary key; random (secrets.token_urlsafe(24))
+      grant_id        VARCHAR(64)  primary key; random: 48 hex digits (safe on a command line)
       subject_digest  CHAR(64)     SHA-256 over a purpose label, the client id and the subject
       sealed          TEXT         the sealed record {"subject": ..., "token": {...}}
       version         INTEGER      1 on insert, +1 on every replace (compare-and-set)
@@ -162,7 +162,7 @@ class GrantStore:
         or ``refresh_expires_in``, else never.
         """
         token = restore(token)
-        grant_id = secrets.token_urlsafe(24)
+        grant_id = secrets.token_hex(24)  # never starts with "-": `flask tokenguard revoke ID`
         now = datetime.datetime.now(_UTC)
         with self.engine.begin() as conn:
             conn.execute(

@@ -266,3 +266,10 @@ def test_cli_without_a_grant_store_names_the_key(tmp_path: Path) -> None:
 def test_a_bad_grant_store_setting_is_refused_at_startup(tmp_path: Path, value: Any) -> None:
     with pytest.raises(ConfigurationError, match="TOKENGUARD_GRANT_STORE_URL"):
         cli_app(tmp_path, value)
+
+
+def test_grant_ids_are_safe_on_a_command_line(tmp_path: Path) -> None:
+    """A base64url id may start with "-", which click reads as an option of ``revoke``."""
+    store = guard_store(cli_app(tmp_path, f"sqlite:///{tmp_path / 'ids.db'}"))
+    ids = [store.put("dora", token(i), expires_at=time.time() + 60) for i in range(64)]
+    assert all(len(i) == 48 and all(c in "0123456789abcdef" for c in i) for i in ids)
