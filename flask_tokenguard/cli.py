@@ -1,7 +1,7 @@
 """``flask tokenguard``: commands over the durable grant store (``TOKENGUARD_GRANT_STORE_URL``).
 
 flask tokenguard grants SUBJECT   list a subject's grants: id, created, expires
-flask tokenguard revoke GRANT_ID  delete a stored grant
+flask tokenguard revoke GRANT_ID  revoke a stored grant (at the provider too)
 flask tokenguard purge            delete the grants whose expiry has passed
 """
 
@@ -52,14 +52,14 @@ def grants_command(subject: str) -> None:
 @tokenguard_cli.command("revoke")
 @click.argument("grant_id")
 def revoke_command(grant_id: str) -> None:
-    """Delete the stored grant GRANT_ID.
+    """Revoke the stored grant GRANT_ID: delete it, end the session signed in with it, and
+    revoke its refresh token at the provider (where it has a revocation endpoint)."""
+    from .extension import _app_state
 
-    Only the stored copy is deleted: the provider is not asked to revoke the refresh token
-    (not done yet), which stays valid there until it expires or is revoked at the provider.
-    """
-    if not _store().delete(grant_id):
+    _store()  # a missing setting is a usage error
+    if not _app_state().guard.revoke_grant(grant_id):
         raise click.ClickException(f"no grant {grant_id}")
-    click.echo(f"deleted {grant_id}")
+    click.echo(f"revoked {grant_id}")
 
 
 @tokenguard_cli.command("purge")

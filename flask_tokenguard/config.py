@@ -58,6 +58,7 @@ class ConfigKeys:
     AUTHORIZE_PARAMS = "TOKENGUARD_AUTHORIZE_PARAMS"
     FETCH_USERINFO = "TOKENGUARD_FETCH_USERINFO"
     GRANT_STORE_URL = "TOKENGUARD_GRANT_STORE_URL"
+    OFFLINE_GRANTS = "TOKENGUARD_OFFLINE_GRANTS"
 
 
 K = ConfigKeys
@@ -101,6 +102,7 @@ DEFAULTS: Mapping[str, Any] = {
     K.AUTHORIZE_PARAMS: None,
     K.FETCH_USERINFO: False,
     K.GRANT_STORE_URL: None,
+    K.OFFLINE_GRANTS: False,
 }
 
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
@@ -177,11 +179,24 @@ class Settings:
     fetch_userinfo: bool = False
     #: an SQLAlchemy URL, an Engine, or a callable returning one (may hold a password)
     grant_store_url: Any = field(default=None, repr=False)
+    offline_grants: bool = False
     restart_hold: float = DEFAULTS[K.RESTART_HOLD]
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
         client_id = _string(config, K.CLIENT_ID, required=True)
+        grant_store_url = _grant_store(config)
+        offline_grants = _bool(config, K.OFFLINE_GRANTS)
+        if offline_grants and grant_store_url is None:
+            raise ConfigurationError(
+                f"{K.OFFLINE_GRANTS} needs {K.GRANT_STORE_URL}: the grants are kept in a"
+                " database (postgresql://... or sqlite:///...)"
+            )
+        if offline_grants and config.get(K.TOKEN_STORAGE, "store") != "store":
+            raise ConfigurationError(
+                f"{K.OFFLINE_GRANTS} needs {K.TOKEN_STORAGE} = 'store': a job and the"
+                " browser share the grant's record in the shared store"
+            )
         loopback = _bool(config, K.ALLOW_INSECURE_LOOPBACK)
         metadata_url = _url(config, K.SERVER_METADATA_URL, loopback=loopback)
         # With discovery, the token endpoint may come from the provider's metadata.
@@ -267,7 +282,8 @@ class Settings:
             id_token_algorithms=_algorithms(config),
             authorize_params=_authorize_params(config),
             fetch_userinfo=_bool(config, K.FETCH_USERINFO),
-            grant_store_url=_grant_store(config),
+            grant_store_url=grant_store_url,
+            offline_grants=offline_grants,
         )
 
 

@@ -59,6 +59,7 @@ from .idtoken import LOGOUT_TOKEN_MAX_AGE, IdTokens, user_claims
 from .keys import KeyNames
 from .login import LoginFlow, SignIn, safe_next
 from .logs import install_redaction
+from .offline import OfflineGrants
 from .provider import ClientCredentials, RefreshClient, fetch_userinfo, revoke_tokens
 from .records import RecordCodec
 from .rules import Decision, RequestState, TokenHolder, TokenRules, Verdict
@@ -109,8 +110,12 @@ class _AppState:
     exempt: dict[str | None, bool] = field(default_factory=dict)
     #: the session cookie's name, from the app's session interface at the first request
     cookie_name: str | None = None
+    #: seals the grant store's rows (opened on first use): the app's secrets, purpose "grants"
+    grant_sealer: Sealer | None = None
     #: opened on first use (``TokenGuard.grant_store``)
     grant_store: GrantStore | None = None
+    #: with ``TOKENGUARD_OFFLINE_GRANTS``
+    offline: OfflineGrants | None = None
 
     def __repr__(self) -> str:
         return f"<TokenGuard state client_id={self.settings.client_id!r} store={self.store!r}>"
@@ -229,6 +234,9 @@ class TokenGuard:
                 confidential=settings.client_auth != "none",
             ),
         )
+        state.grant_sealer = Sealer(secrets, "grants")
+        if settings.offline_grants:
+            state.offline = OfflineGrants(state.rules, functools.partial(_grant_store, state))
         install_redaction()
         self._check_store(store)
         # The hooks get this app's state bound in: no lookup through current_app per request.
@@ -472,23 +480,27 @@ class TokenGuard:
 
         Needs the ``sql`` extra (an ImportError names it) and an app context.
         """
-        state = self._state()
-        with _GRANT_STORE_LOCK:
-            if state.grant_store is None:
-                target = state.settings.grant_store_url
-                if target is None:
-                    raise ConfigurationError(
-                        f"{ConfigKeys.GRANT_STORE_URL} is not set: the grant store needs a"
-                        " database (postgresql://... or sqlite:///...)"
-                    )
-                from .grants import open_grant_store
+        return _grant_store(self._state())
 
-                state.grant_store = open_grant_store(
-                    target,
-                    client_id=state.settings.client_id,
-                    sealing_secrets=self._secrets(current_app, state.settings),
-                )
-            return state.grant_store
+    def token_for(self, subject: str) -> Token:
+        """A fresh token of ``subject`` for work done on their behalf without a request.
+
+        Needs ``TOKENGUARD_OFFLINE_GRANTS`` and an app context. The token comes from the
+        subject's most recently used grant (each sign-in leaves one) and is refreshed through
+        the same coordinator as their browsers' requests: never both presenting one refresh
+        token, each healing from the other's result. Raises
+        :class:`~flask_tokenguard.errors.InvalidGrant` when the subject has no usable grant
+        (signed out, or refused by the provider: they must sign in again), another
+        :class:`~flask_tokenguard.errors.RefreshError` or a
+        :class:`~flask_tokenguard.errors.StoreError` when it cannot be had just now.
+        """
+        offline = self._state().offline
+        if offline is None:
+            raise ConfigurationError(
+                f"guard.token_for needs {ConfigKeys.OFFLINE_GRANTS} = True (and"
+                f" {ConfigKeys.GRANT_STORE_URL})"
+            )
+        return offline.token_for(subject, _announce)
 
     # -- sign-in and sign-out --------------------------------------------------------------
 
@@ -548,6 +560,8 @@ class TokenGuard:
         )
         if claims:
             session[tokens.user_key] = user_claims(claims)
+        if isinstance(subject, str):
+            self._record_grant(state, token, subject, sid if isinstance(sid, str) else None)
         self._regenerate()
         user_signed_in.send(
             current_app._get_current_object(),  # type: ignore[attr-defined]
@@ -621,15 +635,57 @@ class TokenGuard:
         counted from now); raises :class:`~flask_tokenguard.errors.TokenError` if unusable.
         ``subject`` (the user's id) lets :meth:`logout_all` end this session later.
         """
-        return self._state().rules.login(session, self._request_state(), token, subject)
+        state = self._state()
+        token = state.rules.login(session, self._request_state(), token, subject)
+        if subject is not None:
+            self._record_grant(state, token, subject, None)
+        return token
+
+    @staticmethod
+    def _record_grant(state: _AppState, token: Token, subject: str, sid: str | None) -> None:
+        """With ``TOKENGUARD_OFFLINE_GRANTS``, leave the sign-in's grant for jobs."""
+        if state.offline is None:
+            return
+        try:
+            state.offline.record(session, token, subject, sid)
+        except Exception as exc:  # the sign-in stands; jobs wait for the next
+            log.error(
+                "the sign-in's grant could not be stored for background jobs (%s): the session"
+                " works, guard.token_for finds it after the next sign-in",
+                type(exc).__name__,
+            )
 
     def logout_all(self, subject: str) -> int:
         """End every session of ``subject``, on every device; how many there were.
 
         Their records are deleted from the shared store, so each of those sessions gets the
         unauthorized answer at its next protected request (needs token storage ``"store"``).
+        With ``TOKENGUARD_OFFLINE_GRANTS`` their grants are deleted too: jobs stop with them.
         """
-        return self._state().rules.logout_all(subject)
+        state = self._state()
+        ended = state.rules.logout_all(subject)
+        if state.offline is not None:
+            _grant_store(state).delete_subject(subject)  # grants whose records had expired
+        return ended
+
+    def revoke_grant(self, grant_id: str) -> bool:
+        """End one stored grant: its row, the session signed in with it, and the refresh token
+        at the provider (RFC 7009, where it has a revocation endpoint). Whether it existed."""
+        state = self._state()
+        store = _grant_store(state)
+        grant = store.get(grant_id)
+        if not store.delete(grant_id):
+            return False
+        if grant is None:
+            return True  # a row that did not open: deleted, nothing more known
+        if grant.link is not None:
+            tokens = state.rules.tokens
+            state.store.forget(tokens.keys.ticket(grant.link.ticket_id))
+        refresh_token = grant.token.get("refresh_token")
+        if isinstance(refresh_token, str):
+            state.rules.coordinator.revoke(refresh_token)
+        self._revoke_at_provider(state, grant.token)
+        return True
 
     @_exempt
     def backchannel_logout(self) -> ResponseReturnValue:
@@ -672,7 +728,7 @@ class TokenGuard:
             if isinstance(sid, str) and sid:
                 ended = state.rules.logout_provider_session(sid)
             else:
-                ended = state.rules.logout_all(str(sub))
+                ended = self.logout_all(str(sub))
         except (IdTokenError, ConfigurationError) as exc:
             log.warning("a back-channel logout was refused: %s", exc)
             return jsonify(error="invalid_request"), 400, headers
@@ -802,6 +858,24 @@ class TokenGuard:
         if isinstance(request_state, RequestState) and state.rules.needs_guard(request_state):
             state.rules.guard(session, request_state)
         return response
+
+
+def _grant_store(state: _AppState) -> GrantStore:
+    with _GRANT_STORE_LOCK:
+        if state.grant_store is None:
+            target = state.settings.grant_store_url
+            if target is None:
+                raise ConfigurationError(
+                    f"{ConfigKeys.GRANT_STORE_URL} is not set: the grant store needs a"
+                    " database (postgresql://... or sqlite:///...)"
+                )
+            from .grants import open_grant_store
+
+            assert state.grant_sealer is not None
+            state.grant_store = open_grant_store(
+                target, client_id=state.settings.client_id, sealer=state.grant_sealer
+            )
+        return state.grant_store
 
 
 def _announce(new: Token | None, error: RefreshError | None) -> None:

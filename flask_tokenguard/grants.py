@@ -7,7 +7,7 @@ created when missing (``CREATE TABLE IF NOT EXISTS`` semantics: no migrations)::
     tokenguard_grants
       grant_id        VARCHAR(64)  primary key; random: 48 hex digits (safe on a command line)
       subject_digest  CHAR(64)     SHA-256 over a purpose label, the client id and the subject
-      sealed          TEXT         the sealed record {"subject": ..., "token": {...}}
+      sealed          TEXT         the sealed record {"subject": ..., "token": {...}, "link": ...}
       version         INTEGER      1 on insert, +1 on every replace (compare-and-set)
       created_at      TIMESTAMP WITH TIME ZONE (UTC)
       updated_at      TIMESTAMP WITH TIME ZONE (UTC)
@@ -61,6 +61,28 @@ _UTC = datetime.timezone.utc
 
 
 @dataclass(frozen=True)
+class GrantLink:
+    """Where a signed-in grant lives while it is in use: its session's ticket (the id and the
+    secret that open the token record in the shared store) and its session at the provider."""
+
+    ticket_id: str = field(repr=False)
+    secret: str = field(repr=False)
+    sid: str | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.ticket_id, "k": self.secret, "sid": self.sid}
+
+    @classmethod
+    def from_json(cls, value: Any) -> GrantLink | None:
+        if not isinstance(value, dict):
+            return None
+        ticket_id, secret, sid = value.get("id"), value.get("k"), value.get("sid")
+        if not isinstance(ticket_id, str) or not isinstance(secret, str):
+            return None
+        return cls(ticket_id, secret, sid if isinstance(sid, str) else None)
+
+
+@dataclass(frozen=True)
 class StoredGrant:
     """One stored grant, opened."""
 
@@ -71,6 +93,8 @@ class StoredGrant:
     created_at: datetime.datetime
     updated_at: datetime.datetime
     expires_at: datetime.datetime | None
+    #: the session it was signed in with (``TOKENGUARD_OFFLINE_GRANTS``); None when stored by hand
+    link: GrantLink | None = None
 
 
 def engine_url(url: str) -> str:
@@ -155,21 +179,24 @@ class GrantStore:
         token: Token,
         *,
         expires_at: datetime.datetime | float | None = None,
+        grant_id: str | None = None,
+        link: GrantLink | None = None,
     ) -> str:
-        """Store a new grant for ``subject``; its random id.
+        """Store a new grant for ``subject``; its id (random unless given).
 
         ``expires_at``: when to purge it; by default from the token's ``refresh_expires_at``
-        or ``refresh_expires_in``, else never.
+        or ``refresh_expires_in``, else never. ``link``: the session it was signed in with.
         """
         token = restore(token)
-        grant_id = secrets.token_hex(24)  # never starts with "-": `flask tokenguard revoke ID`
+        # 48 hex digits: never starts with "-", so `flask tokenguard revoke ID` reads it
+        grant_id = grant_id or secrets.token_hex(24)
         now = datetime.datetime.now(_UTC)
         with self.engine.begin() as conn:
             conn.execute(
                 self.table.insert().values(
                     grant_id=grant_id,
                     subject_digest=self.subject_digest(subject),
-                    sealed=self._seal(grant_id, subject, token),
+                    sealed=self._seal(grant_id, subject, token, link),
                     version=1,
                     created_at=now,
                     updated_at=now,
@@ -220,11 +247,12 @@ class GrantStore:
             ).first()
             if row is None:
                 return False
-            subject = self._unseal(grant_id, row.sealed)
-            if subject is None:
+            opened = self._unseal(grant_id, row.sealed)
+            if opened is None:
                 return False
+            subject, _old, link = opened
             values: dict[str, Any] = {
-                "sealed": self._seal(grant_id, subject[0], token),
+                "sealed": self._seal(grant_id, subject, token, link),
                 "version": expected_version + 1,
                 "updated_at": datetime.datetime.now(_UTC),
             }
@@ -240,6 +268,17 @@ class GrantStore:
                 .values(**values)
             )
             return result.rowcount == 1
+
+    def advance(self, grant_id: str, previous_refresh_token: str | None, token: Token) -> bool:
+        """Write ``token`` if the row still holds ``previous_refresh_token``: the next link of
+        the rotation chain, never an older one (writes that arrive out of order do nothing).
+
+        False when the row holds another refresh token, or is gone.
+        """
+        grant = self.get(grant_id)
+        if grant is None or grant.token.get("refresh_token") != previous_refresh_token:
+            return False
+        return self.replace(grant_id, grant.version, token)
 
     def delete(self, grant_id: str) -> bool:
         """Remove one grant; whether it was there."""
@@ -276,29 +315,32 @@ class GrantStore:
     def _aad(self, grant_id: str) -> bytes:
         return f"{self.table.name}\0{grant_id}".encode()
 
-    def _seal(self, grant_id: str, subject: str, token: Token) -> str:
-        data = json.dumps({"subject": subject, "token": token}, separators=(",", ":"))
+    def _seal(self, grant_id: str, subject: str, token: Token, link: GrantLink | None) -> str:
+        record: dict[str, Any] = {"subject": subject, "token": token}
+        if link is not None:
+            record["link"] = link.to_json()
+        data = json.dumps(record, separators=(",", ":"))
         return self.sealer.seal(data.encode("utf-8"), self._aad(grant_id))
 
-    def _unseal(self, grant_id: str, sealed: str) -> tuple[str, Token] | None:
+    def _unseal(self, grant_id: str, sealed: str) -> tuple[str, Token, GrantLink | None] | None:
         try:
             data, _current = self.sealer.open(sealed, self._aad(grant_id))
             record = json.loads(data)
             subject = record["subject"]
             token = restore(record["token"])
-        except (SealError, ValueError, KeyError, TypeError, TokenError) as exc:
+        except (SealError, ValueError, KeyError, TypeError, TokenError, RecursionError) as exc:
             log.warning("ignoring a stored grant that does not open: %s", exc)
             return None
         if not isinstance(subject, str):
             log.warning("ignoring a malformed stored grant")
             return None
-        return subject, token
+        return subject, token, GrantLink.from_json(record.get("link"))
 
     def _open(self, row: Any) -> StoredGrant | None:
         opened = self._unseal(row.grant_id, row.sealed)
         if opened is None:
             return None
-        subject, token = opened
+        subject, token, link = opened
         if self.subject_digest(subject) != row.subject_digest:
             log.warning("ignoring a stored grant whose subject digest was changed")
             return None
@@ -312,16 +354,15 @@ class GrantStore:
             created_at=created,
             updated_at=updated,
             expires_at=when(row.expires_at),
+            link=link,
         )
 
 
 def open_grant_store(
-    target: str | Engine | Callable[[], Engine],
-    *,
-    client_id: str,
-    sealing_secrets: builtins.list[str | bytes],
+    target: str | Engine | Callable[[], Engine], *, client_id: str, sealer: Sealer
 ) -> GrantStore:
     """A :class:`GrantStore` from ``TOKENGUARD_GRANT_STORE_URL``'s value: a URL, an Engine, or
-    a callable returning one (``lambda: db.engine`` with Flask-SQLAlchemy)."""
+    a callable returning one (``lambda: db.engine`` with Flask-SQLAlchemy). ``sealer``: purpose
+    :data:`PURPOSE`."""
     engine = target if isinstance(target, (str, Engine)) else target()
-    return GrantStore(engine, client_id=client_id, sealer=Sealer(sealing_secrets, PURPOSE))
+    return GrantStore(engine, client_id=client_id, sealer=sealer)

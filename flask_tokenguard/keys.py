@@ -59,6 +59,11 @@ class KeyNames:
         """Where a session's token record lives when tokens are kept in the store."""
         return f"{self.prefix}:ticket:{digest('ticket', self.client_id, ticket_id)}"
 
+    def grant(self, record_key: str) -> str:
+        """The durable grant id of a session's token record (48 hex digits): the record and
+        its row in the grant store find each other without any index."""
+        return digest("grant", self.client_id, record_key)[:48]
+
     def subject(self, subject: str) -> str:
         """The index of a subject's token records (for signing out everywhere)."""
         return f"{self.prefix}:subject:{digest('subject', self.client_id, subject)}"

@@ -25,7 +25,7 @@ import json
 import secrets
 import time
 from collections.abc import MutableMapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import StoreError, TokenError
 from .keys import KeyNames
@@ -42,8 +42,21 @@ _INDEX_TRIES = 8
 _PRUNE_AT = 32
 
 
+class RecordListener(Protocol):
+    """Told when a record's token is replaced or records end (the durable grants listen)."""
+
+    def rotated(self, key: str, subject: str, previous: Token, token: Token) -> None:
+        """``key``'s record of ``subject`` went from ``previous`` to ``token`` (this writer won)."""
+
+    def ending(self, keys: Sequence[str]) -> None:
+        """These records are about to be deleted (a logout): called before they are."""
+
+
 class TicketTokens:
     """Reads and writes the token record of a session kept in the shared store."""
+
+    #: told of rotations and endings (set by the extension with ``TOKENGUARD_OFFLINE_GRANTS``)
+    listener: RecordListener | None = None
 
     #: the session carries no token, so a stale copy of it cannot bring an old one back
     guards_lost_updates = False
@@ -158,6 +171,7 @@ class TicketTokens:
                 # A read that matches still goes through the swap.
                 raise RecordConflict("the session's token record changed meanwhile", current)
         body: dict[str, Any] = {"v": 1, "token": token, "st": state.value, "at": time.time()}
+        old: dict[str, Any] = {}
         if previous is not None and previous.box and not fresh:
             old = self._open_text(key, previous.box, secret)  # who it belongs to carries over
             body.update({k: old[k] for k in ("sub", "sid") if isinstance(old.get(k), str)})
@@ -172,12 +186,50 @@ class TicketTokens:
                 "the session's token record changed meanwhile", self.store.read(key)
             )
         if fresh:
-            for name, index in (("sub", self.keys.subject), ("sid", self.keys.provider_session)):
-                if isinstance(body.get(name), str):
-                    self._index(index(body[name]), key)
+            self._index_body(key, body)
+        elif self.listener is not None and isinstance(body.get("sub"), str):
+            before = old.get("token")
+            if isinstance(before, dict) and before != token:
+                self.listener.rotated(key, body["sub"], before, token)
         stored = self._record(token, state, text)
         self._write_ticket(session, ticket_id, secret, stored)
         return stored
+
+    def restore(
+        self,
+        session: MutableMapping[str, Any],
+        token: Token,
+        subject: str | None = None,
+        sid: str | None = None,
+    ) -> bool:
+        """Write the record of the session's ticket from a durable copy, if it has none (the
+        shared store lost it: a restart, an eviction, an expiry); whether this call wrote it."""
+        ticket_id, secret = self._ticket(session)
+        key = self.keys.ticket(ticket_id)
+        body: dict[str, Any] = {"v": 1, "token": token, "st": TokenState.OK.value}
+        body.update({"at": time.time(), "sub": subject, "sid": sid})
+        body = {k: v for k, v in body.items() if v is not None}
+        text = self._sealer(secret).seal(
+            json.dumps(body, separators=(",", ":")).encode("utf-8"), key.encode("utf-8")
+        )
+        if not self.store.swap(key, None, text, self.lifetime):
+            return False
+        self._index_body(key, body)
+        return True
+
+    def record_key(self, session: MutableMapping[str, Any]) -> str:
+        """The store key of the session's record; TokenError without a valid ticket."""
+        return self._key(session)
+
+    def ticket(self, session: MutableMapping[str, Any]) -> tuple[str, str]:
+        """The session ticket's id and secret (as text), to reopen its record elsewhere."""
+        ticket_id, secret = self._ticket(session)
+        return ticket_id, _b64(secret)
+
+    def _index_body(self, key: str, body: dict[str, Any]) -> None:
+        for name, index in (("sub", self.keys.subject), ("sid", self.keys.provider_session)):
+            if isinstance(body.get(name), str):
+                self._index(index(body[name]), key)
 
     def clear(self, session: MutableMapping[str, Any]) -> None:
         """Delete the record (the session's copies are dead at once) and the ticket."""
@@ -191,7 +243,10 @@ class TicketTokens:
         session.pop(self.user_key, None)
         mark_modified(session)
         if ticket_id is not None:
-            self.store.forget(self.keys.ticket(ticket_id))
+            key = self.keys.ticket(ticket_id)
+            if self.listener is not None:
+                self.listener.ending([key])
+            self.store.forget(key)
 
     def logout_all(self, subject: str) -> int:
         """Delete every record of ``subject``; how many there were."""
@@ -204,6 +259,8 @@ class TicketTokens:
     def _end(self, index: str) -> int:
         text = self.store.read(index)
         keys = _keys(text)
+        if self.listener is not None and keys:
+            self.listener.ending(keys)
         for key in keys:
             self.store.forget(key)
         self.store.forget(index)

@@ -242,7 +242,7 @@ def check_cli(app: Flask) -> None:
     missing = runner.invoke(args=["tokenguard", "revoke", kept])
     assert missing.exit_code == 1 and "no grant" in missing.output
     helped = runner.invoke(args=["tokenguard", "revoke", "--help"])
-    assert "not asked to revoke" in helped.output
+    assert "at the provider" in helped.output
 
 
 def test_cli_over_a_url(tmp_path: Path) -> None:
