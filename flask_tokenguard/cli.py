@@ -2,7 +2,7 @@
 
 flask tokenguard grants SUBJECT   list a subject's grants: id, created, expires
 flask tokenguard revoke GRANT_ID  revoke a stored grant (at the provider too)
-flask tokenguard purge            delete the grants whose expiry has passed
+flask tokenguard purge            delete the grants whose expiry has passed (--unused-for DAYS)
 """
 
 from __future__ import annotations
@@ -63,7 +63,18 @@ def revoke_command(grant_id: str) -> None:
 
 
 @tokenguard_cli.command("purge")
-def purge_command() -> None:
-    """Delete the stored grants whose expiry has passed."""
-    count = _store().purge_expired()
+@click.option(
+    "--unused-for",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="DAYS",
+    help="Also delete the grants not signed in with or refreshed for DAYS days.",
+)
+def purge_command(unused_for: float | None) -> None:
+    """Delete the stored grants whose expiry has passed (and, with --unused-for, the idle ones)."""
+    store = _store()
+    count = store.purge_expired()
     click.echo(f"purged {count} expired grant{'' if count == 1 else 's'}")
+    if unused_for is not None:
+        before = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=unused_for)
+        idle = store.purge_unused(before)
+        click.echo(f"purged {idle} grant{'' if idle == 1 else 's'} unused for {unused_for:g} days")

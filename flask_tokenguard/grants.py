@@ -304,6 +304,16 @@ class GrantStore:
             )
         return int(result.rowcount)
 
+    def purge_unused(self, before: datetime.datetime | float) -> int:
+        """Remove the grants not written (signed in, or refreshed) since ``before``; how many.
+
+        For grants the provider gave no expiry: a session abandoned on some device leaves one.
+        """
+        moment = when(before)
+        with self.engine.begin() as conn:
+            result = conn.execute(self.table.delete().where(self.table.c.updated_at <= moment))
+        return int(result.rowcount)
+
     def close(self) -> None:
         self.engine.dispose()
 

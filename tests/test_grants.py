@@ -121,6 +121,28 @@ def test_purge_expired(store: GrantStore) -> None:
     assert [g.grant_id for g in store.list("alice")] == [never]
 
 
+def test_purge_unused(store: GrantStore) -> None:
+    idle = store.put("alice", token(1))
+    used = store.put("alice", token(2))
+    cut = datetime.datetime.now(UTC)
+    time.sleep(0.01)
+    grant = store.get(used)
+    assert grant is not None and store.advance(used, token(2)["refresh_token"], token(3))
+    assert store.purge_unused(cut) == 1
+    assert [g.grant_id for g in store.list("alice")] == [used]
+    assert idle not in {g.grant_id for g in store.list("alice")}
+
+
+def test_advance_writes_only_the_next_link_of_the_chain(store: GrantStore) -> None:
+    grant_id = store.put("alice", token(1))
+    assert not store.advance(grant_id, token(0)["refresh_token"], token(2))  # not its link
+    assert store.advance(grant_id, token(1)["refresh_token"], token(2))
+    assert not store.advance(grant_id, token(1)["refresh_token"], token(3))  # a late repeat
+    grant = store.get(grant_id)
+    assert grant is not None and grant.token["refresh_token"] == token(2)["refresh_token"]
+    assert not store.advance("0" * 48, token(2)["refresh_token"], token(3))  # no such row
+
+
 def test_a_dump_opens_nothing(store: GrantStore) -> None:
     secrets = [*token(1).values(), *token(2).values(), "alice@example.com"]
     store.put("alice@example.com", token(1))
@@ -236,6 +258,9 @@ def check_cli(app: Flask) -> None:
 
     purged = runner.invoke(args=["tokenguard", "purge"])
     assert purged.exit_code == 0 and purged.output == "purged 1 expired grant\n"
+    idle = runner.invoke(args=["tokenguard", "purge", "--unused-for", "1"])
+    assert idle.output == "purged 0 expired grants\npurged 0 grants unused for 1 days\n"
+    assert runner.invoke(args=["tokenguard", "purge", "--unused-for", "0"]).exit_code == 2
     revoked = runner.invoke(args=["tokenguard", "revoke", kept])
     assert revoked.exit_code == 0 and kept in revoked.output
     assert store.list("alice") == []

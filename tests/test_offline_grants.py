@@ -292,6 +292,53 @@ def test_a_row_left_behind_is_repaired_before_it_is_needed(
     assert stats["families_revoked"] == 0
 
 
+def test_a_grant_whose_row_outlived_its_logout_is_never_brought_back(
+    site: Callable[..., Site], provider, redis_url: str, redis_prefix: str, monkeypatch
+) -> None:
+    """The database was down at logout (the row stayed), then the store lost the record: the
+    logout's tombstone keeps the job from writing the record back."""
+    web, user = site(), subject()
+    http = web.browser(provider.issue(user, expires_in=600), user)
+    copy = clone_cookies(http)
+    store = web.grant_store()
+
+    def down(*args: Any) -> bool:
+        raise sa.exc.OperationalError("DELETE", {}, Exception("the database is down"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "delete", down)
+        assert http.get(f"{web.url}/logout", timeout=10).ok  # the logout itself goes on
+    assert len(web.grants(user)) == 1
+    forget_records(redis_url, redis_prefix)
+    with pytest.raises(InvalidGrant):
+        web.token_for(user)
+    assert web.grants(user) == []  # recognised as signed out, and deleted now
+    assert ticket_keys(redis_url, redis_prefix) == []
+    assert web.profile(copy) == 401
+
+
+def test_a_logout_while_a_job_brings_the_record_back_wins(
+    site: Callable[..., Site], provider, redis_url: str, redis_prefix: str, monkeypatch
+) -> None:
+    """The logout deletes the row, then the record; a job writing the record back in between
+    sees the row gone afterwards and deletes what it wrote."""
+    web, user = site(), subject()
+    http = web.browser(provider.issue(user, expires_in=600), user)
+    store = web.grant_store()
+    forget_records(redis_url, redis_prefix)
+    real_get = store.get
+
+    def get_after_logout(grant_id: str) -> Any:
+        store.delete(grant_id)  # the logout's first step lands just now
+        return real_get(grant_id)
+
+    monkeypatch.setattr(store, "get", get_after_logout)
+    with pytest.raises(InvalidGrant):
+        web.token_for(user)
+    assert ticket_keys(redis_url, redis_prefix) == []
+    assert web.profile(http) == 401
+
+
 def test_a_grant_the_provider_revoked_is_deleted(site: Callable[..., Site], provider) -> None:
     web, user = site(), subject()
     token = provider.issue(user, expires_in=0)
