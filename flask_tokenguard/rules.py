@@ -156,7 +156,7 @@ class TokenRules:
         error = state.error
         if record is None:
             return Verdict(Decision.UNAUTHORIZED, error)
-        if not self.tokens.opens_cheaply and self.open(session, state) is None:
+        if not self.tokens.opens_cheaply and not self._still_there(session, state, record):
             # A record that does not open, or is gone from the store, is no token. (A sealed
             # token in the session is opened only when the view asks for it.)
             if isinstance(state.error, StoreError):
@@ -176,6 +176,38 @@ class TokenRules:
             self._drop(session, state, InvalidGrant("the access token expired"))
             return Verdict(Decision.UNAUTHORIZED, state.error)
         return SERVE
+
+    def _still_there(self, session: Session, state: RequestState, record: Record) -> bool:
+        """Whether the token record behind the session's ticket still exists.
+
+        A token the ticket says is fine and not expired is only looked up (one read, nothing
+        decrypted); one that is ambiguous or expired is opened (the record knows better).
+        """
+        if state.token is not None:
+            return True
+        tokens = self.tokens
+        if (
+            not isinstance(tokens, TicketTokens)
+            or record.box
+            or record.state is not TokenState.OK
+            or is_expired(record.exp)
+        ):
+            return self.open(session, state) is not None
+        try:
+            found = tokens.present(session, record)
+        except TokenError as exc:
+            self._drop(session, state, exc)
+            return False
+        except StoreError as exc:
+            log.warning("the token could not be read (%s)", exc)
+            state.error = exc
+            return False
+        if found is None:
+            gone = TokenError("the session's token record is gone (signed out, or expired)")
+            self._drop(session, state, gone)
+            return False
+        state.record = found
+        return True
 
     def refresh_now(
         self, session: Session, state: RequestState, on_outcome: OutcomeCallback | None = None

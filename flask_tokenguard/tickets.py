@@ -113,7 +113,28 @@ class TicketTokens:
         this session may have refreshed the token). TokenError when there is no record (signed
         out elsewhere, expired, evicted) or it does not open; StoreError when the store fails.
         """
-        return self.open_text(session, record, self.store.read(self._key(session)))
+        text = record.box or self.store.read(self._key(session))  # (read by present())
+        return self.open_text(session, record, text)
+
+    def present(self, session: MutableMapping[str, Any], record: Record) -> Record | None:
+        """``record`` with the text now in the store, unopened; None when the record is gone.
+
+        All a protected view whose token is not due needs (a copy of a signed-out session's
+        cookie must find nothing): one read, no decryption. The token is opened from that text
+        if the view asks for it. A record last written more than half its lifetime ago (as the
+        ticket knows) is renewed: the session is in use.
+        """
+        key = self._key(session)
+        text = self.store.read(key)
+        if text is None:
+            return None
+        raw = session[self.key]
+        at = raw.get("at")
+        if not isinstance(at, (int, float)) or time.time() - at > self.lifetime / 2:
+            self.store.touch(key, self.lifetime)
+            session[self.key] = {**raw, "at": time.time()}
+            mark_modified(session)
+        return record._replace(box=text)
 
     def open_text(
         self, session: MutableMapping[str, Any], record: Record, text: str | None
@@ -134,7 +155,7 @@ class TicketTokens:
         if isinstance(at, (int, float)) and time.time() - at > self.lifetime / 2:
             self.store.touch(key, self.lifetime)  # the session is in use: keep its record
         if stored[:4] != record[:4]:
-            self._write_ticket(session, ticket_id, secret, stored)
+            self._write_ticket(session, ticket_id, secret, stored, at)
         return token, stored
 
     def save(
@@ -192,7 +213,7 @@ class TicketTokens:
             if isinstance(before, dict) and before != token:
                 self.listener.rotated(key, body["sub"], before, token)
         stored = self._record(token, state, text)
-        self._write_ticket(session, ticket_id, secret, stored)
+        self._write_ticket(session, ticket_id, secret, stored, body["at"])
         return stored
 
     def restore(
@@ -288,8 +309,14 @@ class TicketTokens:
         return Record(expires_at(token), refresh_at(token, self.leeway), None, state, text)
 
     def _write_ticket(
-        self, session: MutableMapping[str, Any], ticket_id: str, secret: bytes, record: Record
+        self,
+        session: MutableMapping[str, Any],
+        ticket_id: str,
+        secret: bytes,
+        record: Record,
+        at: Any = None,
     ) -> None:
+        """The ticket; ``at``: when the record was last written or renewed, if known."""
         session[self.key] = {
             "v": FORMAT,
             "id": ticket_id,
@@ -297,6 +324,7 @@ class TicketTokens:
             "exp": record.exp,
             "due": record.due,
             "st": record.state.value,
+            **({"at": at} if isinstance(at, (int, float)) else {}),
         }
         mark_modified(session)
 

@@ -455,6 +455,7 @@ def worker_env(provider: Any, cache_url: str, tmp_path: Path, config: dict[str, 
     }
 
 
+@pytest.mark.slow
 def test_a_job_loop_and_bursts_on_four_workers_share_every_rotation(
     provider, gunicorn, redis_url: str, redis_prefix: str, postgres_url: str, tmp_path: Path
 ) -> None:
@@ -513,6 +514,7 @@ def test_a_job_loop_and_bursts_on_four_workers_share_every_rotation(
     assert len(set(calls)) >= 4  # the job went through the rotations too
 
 
+@pytest.mark.slow
 def test_grants_survive_a_restart_of_every_app_process(
     provider, gunicorn, redis_url: str, redis_prefix: str, postgres_url: str, tmp_path: Path
 ) -> None:
@@ -544,6 +546,7 @@ def test_grants_survive_a_restart_of_every_app_process(
     assert provider.stats()["refresh_requests"] == 2
 
 
+@pytest.mark.slow
 def test_a_redis_restart_loses_claims_and_records_but_not_grants(
     provider, gunicorn, private_redis, postgres_url: str, tmp_path: Path
 ) -> None:
@@ -566,6 +569,7 @@ def test_a_redis_restart_loses_claims_and_records_but_not_grants(
     assert provider.stats()["refresh_requests"] == 1
 
 
+@pytest.mark.slow
 def test_the_runnable_example_job() -> None:
     """``python example_job.py`` (the README's "Background jobs"), briefly, with short tokens."""
     done = subprocess.run(

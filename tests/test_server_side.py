@@ -232,9 +232,12 @@ def test_a_token_not_due_costs_no_io_and_opening_it_one_store_read():
     rules.login(session, RequestState(), token(expires_in=3600))
     assert "access_token" not in json.dumps(session)  # a ticket, no token
     store.calls = 0
+    opened: list[str] = []
+    open_text = tickets._open_text
+    tickets._open_text = lambda *args: opened.append("open") or open_text(*args)  # type: ignore[method-assign]
     state = rules.check(session, RequestState())
     assert store.calls == 0  # the fast path
     assert rules.verdict(session, state).decision is Decision.SERVE
-    assert store.calls == 1  # the protected view's one read
+    assert store.calls == 1 and opened == []  # the protected view's one read, nothing decrypted
     assert rules.open(session, state) is not None
-    assert store.calls == 1  # guard.token reuses it
+    assert store.calls == 1 and opened == ["open"]  # guard.token opens what that read returned
