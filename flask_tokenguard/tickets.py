@@ -40,6 +40,8 @@ _ID_BYTES, _SECRET_BYTES = 16, 32
 _INDEX_TRIES = 8
 #: A subject's index is pruned of dead records once it holds this many.
 _PRUNE_AT = 32
+#: How many sessions' derived ticket keys a process keeps.
+_SEALERS_KEPT = 1024
 
 
 class RecordListener(Protocol):
@@ -80,6 +82,9 @@ class TicketTokens:
         self.store = store
         self.keys = keys
         self.secrets = [s.encode("utf-8") if isinstance(s, str) else s for s in secrets]
+        #: ticket secret -> its Sealer: deriving the keys (HKDF) costs more than opening a
+        #: record, and a busy session opens its record often. Bounded; emptied when full.
+        self._sealers: dict[bytes, Sealer] = {}
         self.leeway = leeway
         self.lifetime = lifetime
 
@@ -293,7 +298,13 @@ class TicketTokens:
         return self.keys.ticket(self._ticket(session)[0])
 
     def _sealer(self, secret: bytes) -> Sealer:
-        return Sealer([app + b"\x00" + secret for app in self.secrets], "ticket")
+        sealer = self._sealers.get(secret)
+        if sealer is None:
+            sealer = Sealer([app + b"\x00" + secret for app in self.secrets], "ticket")
+            if len(self._sealers) >= _SEALERS_KEPT:
+                self._sealers.clear()
+            self._sealers[secret] = sealer
+        return sealer
 
     def _open_text(self, key: str, text: str, secret: bytes) -> dict[str, Any]:
         try:
