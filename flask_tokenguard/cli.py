@@ -13,12 +13,23 @@ from typing import TYPE_CHECKING
 import click
 from flask.cli import AppGroup
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, StoreError
 
 if TYPE_CHECKING:
     from .grants import GrantStore
 
-tokenguard_cli = AppGroup("tokenguard", help="flask-tokenguard: the durable grant store.")
+
+class _Group(AppGroup):
+    """Commands whose database fails end with the reason, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+tokenguard_cli = _Group("tokenguard", help="flask-tokenguard: the durable grant store.")
 
 
 def _store() -> GrantStore:

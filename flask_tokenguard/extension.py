@@ -19,6 +19,7 @@ import os
 import shlex
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -114,6 +115,8 @@ class _AppState:
     grant_sealer: Sealer | None = None
     #: opened on first use (``TokenGuard.grant_store``)
     grant_store: GrantStore | None = None
+    #: when the grant store last failed to open, and why
+    grant_store_failed: tuple[float, StoreUnavailable] | None = None
     #: with ``TOKENGUARD_OFFLINE_GRANTS``
     offline: OfflineGrants | None = None
 
@@ -861,6 +864,9 @@ class TokenGuard:
 
 
 def _grant_store(state: _AppState) -> GrantStore:
+    """The app's grant store, opened on first use; a database that could not be reached is
+    not tried again for ``TOKENGUARD_RETRY_AFTER`` seconds (requests that write grants must
+    not each wait for it)."""
     with _GRANT_STORE_LOCK:
         if state.grant_store is None:
             target = state.settings.grant_store_url
@@ -869,12 +875,19 @@ def _grant_store(state: _AppState) -> GrantStore:
                     f"{ConfigKeys.GRANT_STORE_URL} is not set: the grant store needs a"
                     " database (postgresql://... or sqlite:///...)"
                 )
+            failed = state.grant_store_failed
+            if failed is not None and time.monotonic() - failed[0] < state.settings.retry_after:
+                raise StoreUnavailable(f"{failed[1]}; not tried again yet")
             from .grants import open_grant_store
 
             assert state.grant_sealer is not None
-            state.grant_store = open_grant_store(
-                target, client_id=state.settings.client_id, sealer=state.grant_sealer
-            )
+            try:
+                state.grant_store = open_grant_store(
+                    target, client_id=state.settings.client_id, sealer=state.grant_sealer
+                )
+            except StoreUnavailable as exc:
+                state.grant_store_failed = (time.monotonic(), exc)
+                raise
         return state.grant_store
 
 

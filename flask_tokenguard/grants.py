@@ -29,15 +29,16 @@ from __future__ import annotations
 
 import builtins
 import datetime
+import functools
 import json
 import logging
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from .errors import TokenError
+from .errors import StoreUnavailable, TokenError
 from .keys import digest
 from .sealing import Sealer, SealError
 from .token import Token, restore
@@ -45,7 +46,7 @@ from .token import Token, restore
 try:
     import sqlalchemy as sa
     from sqlalchemy.engine import Engine
-    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import DBAPIError, OperationalError
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise ImportError(
         f"flask_tokenguard.grants needs SQLAlchemy 2: pip install 'flask-tokenguard[sql]' ({exc})"
@@ -58,6 +59,25 @@ TABLE = "tokenguard_grants"
 #: The sealing purpose label of grant records (a key of its own, derived from the secret).
 PURPOSE = "grants"
 _UTC = datetime.timezone.utc
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _database(method: Callable[P, R]) -> Callable[P, R]:
+    """A database that fails (down, refused, timed out) is a StoreUnavailable, like a shared
+    store that fails: callers handle one kind of error. The message names the driver's error
+    class only (SQLAlchemy's own messages carry the statement and its parameters)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except DBAPIError as exc:
+            cause = type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__
+            raise StoreUnavailable(f"the grant store's database failed ({cause})") from exc
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -105,6 +125,18 @@ def engine_url(url: str) -> str:
     return url
 
 
+#: Seconds to wait for a connection to a database given by URL (PostgreSQL): a host that
+#: does not answer must not hold a request that writes a grant for minutes.
+CONNECT_TIMEOUT = 5
+
+
+def _engine(url: str) -> Engine:
+    url = engine_url(url)
+    if url.startswith("postgresql+psycopg://"):
+        return sa.create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT})
+    return sa.create_engine(url)
+
+
 def when(value: datetime.datetime | float | None) -> datetime.datetime | None:
     """A UTC datetime from a datetime (naive counts as UTC) or epoch seconds."""
     if value is None:
@@ -140,7 +172,7 @@ class GrantStore:
         sealer: Sealer,
         table: str = TABLE,
     ) -> None:
-        self.engine = sa.create_engine(engine_url(engine)) if isinstance(engine, str) else engine
+        self.engine = _engine(engine) if isinstance(engine, str) else engine
         self.client_id = client_id
         self.sealer = sealer
         self.metadata = sa.MetaData()
@@ -160,12 +192,15 @@ class GrantStore:
     def __repr__(self) -> str:
         return f"<GrantStore {self.engine.url.render_as_string(hide_password=True)} {self.table}>"
 
+    @_database
     def _create(self) -> None:
         """Create the table if missing; a concurrent creator elsewhere is no error."""
         for attempt in range(3):
             try:
                 self.metadata.create_all(self.engine, checkfirst=True)
                 return
+            except OperationalError:
+                raise  # not reached, refused, timed out: no point in asking again now
             except DBAPIError:
                 if attempt == 2:
                     raise
@@ -173,6 +208,7 @@ class GrantStore:
 
     # -- operations ------------------------------------------------------------------------
 
+    @_database
     def put(
         self,
         subject: str,
@@ -205,6 +241,7 @@ class GrantStore:
             )
         return grant_id
 
+    @_database
     def get(self, grant_id: str) -> StoredGrant | None:
         """The grant, or None when there is none (or its row does not open: logged)."""
         with self.engine.connect() as conn:
@@ -213,6 +250,7 @@ class GrantStore:
             ).first()
         return None if row is None else self._open(row)
 
+    @_database
     def list(self, subject: str) -> builtins.list[StoredGrant]:
         """The subject's grants, oldest first (rows that do not open are logged and left out)."""
         query = (
@@ -225,6 +263,7 @@ class GrantStore:
         opened = (self._open(row) for row in rows)
         return [grant for grant in opened if grant is not None and grant.subject == subject]
 
+    @_database
     def replace(
         self,
         grant_id: str,
@@ -280,12 +319,14 @@ class GrantStore:
             return False
         return self.replace(grant_id, grant.version, token)
 
+    @_database
     def delete(self, grant_id: str) -> bool:
         """Remove one grant; whether it was there."""
         with self.engine.begin() as conn:
             result = conn.execute(self.table.delete().where(self.table.c.grant_id == grant_id))
         return result.rowcount == 1
 
+    @_database
     def delete_subject(self, subject: str) -> int:
         """Remove every grant of ``subject``; how many."""
         digest_ = self.subject_digest(subject)
@@ -293,6 +334,7 @@ class GrantStore:
             result = conn.execute(self.table.delete().where(self.table.c.subject_digest == digest_))
         return int(result.rowcount)
 
+    @_database
     def purge_expired(self, now: datetime.datetime | float | None = None) -> int:
         """Remove the grants whose ``expires_at`` has passed at ``now`` (default: now); how many."""
         moment = when(now) or datetime.datetime.now(_UTC)
@@ -304,6 +346,7 @@ class GrantStore:
             )
         return int(result.rowcount)
 
+    @_database
     def purge_unused(self, before: datetime.datetime | float) -> int:
         """Remove the grants not written (signed in, or refreshed) since ``before``; how many.
 

@@ -29,7 +29,7 @@ sa = pytest.importorskip("sqlalchemy", reason="SQLAlchemy is not installed (the 
 from flask import Flask  # noqa: E402
 
 from flask_tokenguard import ConfigurationError, TokenGuard  # noqa: E402
-from flask_tokenguard.errors import InvalidGrant  # noqa: E402
+from flask_tokenguard.errors import InvalidGrant, StoreUnavailable  # noqa: E402
 from flask_tokenguard.grants import GrantStore  # noqa: E402
 from flask_tokenguard.testing import ProviderConfig, ProviderHandle, ProviderServer  # noqa: E402
 
@@ -400,6 +400,22 @@ def test_a_back_channel_logout_ends_that_sessions_grant_only(tmp_path: Path) -> 
             assert left.link is not None and left.link.sid != sid
             assert web.profile(first) == 401 and web.profile(second) == 200
         close_grant_store(app)
+
+
+def test_a_database_that_is_down_is_a_store_error_and_the_sign_in_stands(
+    site: Callable[..., Site], provider, caplog
+) -> None:
+    down = f"postgresql://postgres@127.0.0.1:{free_port()}/test"  # nothing listens there
+    web, user = site(TOKENGUARD_GRANT_STORE_URL=down), subject()
+    token = provider.issue(user, expires_in=600)
+    http = web.browser(token, user)
+    assert web.profile(http) == 200  # signed in; the grant could not be written (logged)
+    assert "could not be stored for background jobs (StoreUnavailable)" in caplog.text
+    with pytest.raises(StoreUnavailable, match="grant store's database failed"):
+        web.token_for(user)
+    result = web.app.test_cli_runner().invoke(args=["tokenguard", "grants", user])
+    assert result.exit_code == 1 and "grant store's database failed" in result.output
+    assert token["refresh_token"] not in caplog.text + result.output
 
 
 # -- configuration ---------------------------------------------------------------------------------
