@@ -12,6 +12,7 @@ session here: no ``Vary: Cookie``, no ``Set-Cookie``, no session store round tri
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import logging
 import math
@@ -239,6 +240,11 @@ class TokenGuard:
         )
         state.grant_sealer = Sealer(secrets, "grants")
         if settings.offline_grants:
+            if importlib.util.find_spec("sqlalchemy") is None:
+                raise ConfigurationError(
+                    f"{ConfigKeys.OFFLINE_GRANTS} keeps grants in a database through"
+                    " SQLAlchemy: pip install 'flask-tokenguard[sql]'"
+                )
             state.offline = OfflineGrants(state.rules, functools.partial(_grant_store, state))
         install_redaction()
         self._check_store(store)

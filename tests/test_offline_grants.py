@@ -438,6 +438,24 @@ def test_offline_grants_need_a_database_and_tokens_in_the_store(
         make_app(provider, str(tmp_path), TOKENGUARD_OFFLINE_GRANTS=True, **config)
 
 
+def test_offline_grants_without_sqlalchemy_name_the_extra(
+    provider, tmp_path: Path, monkeypatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sqlalchemy" else real(name)
+    )
+    with pytest.raises(ConfigurationError, match=r"flask-tokenguard\[sql\]"):
+        make_app(
+            provider,
+            str(tmp_path),
+            TOKENGUARD_OFFLINE_GRANTS=True,
+            TOKENGUARD_GRANT_STORE_URL=f"sqlite:///{tmp_path / 'g.db'}",
+        )
+
+
 def test_token_for_without_offline_grants_names_the_key(provider, tmp_path: Path) -> None:
     app = make_app(provider, str(tmp_path))
     with app.app_context(), pytest.raises(ConfigurationError, match="TOKENGUARD_OFFLINE_GRANTS"):
