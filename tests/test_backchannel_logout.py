@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import requests
+from flask import Flask
 
 from flask_tokenguard.testing import ProviderConfig, ProviderHandle, ProviderServer
 
@@ -30,6 +31,13 @@ EVENT = "http://schemas.openid.net/event/backchannel-logout"
 @contextmanager
 def demo_setup(tmp_path: Any, **config: Any) -> Iterator[tuple[ProviderServer, str]]:
     """The demo provider, told to send logout tokens to the app, and the app on its port."""
+    with demo_app_setup(tmp_path, **config) as (server, base, _app):
+        yield server, base
+
+
+@contextmanager
+def demo_app_setup(tmp_path: Any, **config: Any) -> Iterator[tuple[ProviderServer, str, Flask]]:
+    """As :func:`demo_setup`, with the app itself too."""
     port = free_port()
     provider_config = ProviderConfig(
         access_ttl=3600, backchannel_logout_uri=f"http://127.0.0.1:{port}/backchannel-logout"
@@ -49,7 +57,7 @@ def demo_setup(tmp_path: Any, **config: Any) -> Iterator[tuple[ProviderServer, s
             "/backchannel-logout", view_func=guard.backchannel_logout, methods=["POST"]
         )
         with serve_on(port, app) as base:
-            yield server, base
+            yield server, base, app
 
 
 def demo_sign_in(base: str) -> requests.Session:
