@@ -20,7 +20,7 @@ from flask import Flask
 
 from flask_tokenguard.testing import ProviderConfig, ProviderHandle, ProviderServer
 
-from .fixtures.oidc_app import make_oidc_app
+from .fixtures.oidc_app import oidc_app
 from .fixtures.servers import free_port
 from .test_oidc_e2e import CONSENT, serve_on
 from .test_oidc_e2e import sign_in as sign_in_at_node
@@ -44,14 +44,7 @@ def demo_app_setup(tmp_path: Any, **config: Any) -> Iterator[tuple[ProviderServe
     )
     with ProviderServer(provider_config) as server:
         handle = ProviderHandle(server)
-        app = make_oidc_app(
-            handle.discovery_url,
-            handle.client_id,
-            handle.client_secret,
-            handle.userinfo_url,
-            str(tmp_path / "instance"),
-            **config,
-        )
+        app = oidc_app(handle, tmp_path, **config)
         guard = app.extensions["tokenguard_guard"]
         app.add_url_rule(
             "/backchannel-logout", view_func=guard.backchannel_logout, methods=["POST"]
@@ -180,14 +173,7 @@ def test_node_oidc_provider_back_channel_logout_ends_the_session(make_oidc_provi
         redirect_uris=[f"http://127.0.0.1:{port}/callback"],
         backchannel_logout_uri=f"http://127.0.0.1:{port}/backchannel-logout",
     )
-    app = make_oidc_app(
-        oidc.discovery_url,
-        oidc.client_id,
-        oidc.client_secret,
-        oidc.endpoint("userinfo"),
-        str(tmp_path / "instance"),
-        TOKENGUARD_AUTHORIZE_PARAMS=CONSENT,
-    )
+    app = oidc_app(oidc, tmp_path, TOKENGUARD_AUTHORIZE_PARAMS=CONSENT)
     guard = app.extensions["tokenguard_guard"]
     app.add_url_rule("/backchannel-logout", view_func=guard.backchannel_logout, methods=["POST"])
     with serve_on(port, app) as base:

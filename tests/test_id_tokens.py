@@ -25,20 +25,9 @@ from flask_tokenguard.sealing import Sealer
 from flask_tokenguard.stores.memory import MemoryStore
 
 from .fixtures.apps import burst, new_client
-from .fixtures.oidc_app import make_oidc_app
+from .fixtures.oidc_app import oidc_app
 from .fixtures.provider import coordinator_for
 from .fixtures.servers import serve
-
-
-def oidc_app(provider: Any, tmp_path: Any, **config: Any) -> Any:
-    return make_oidc_app(
-        provider.discovery_url,
-        provider.client_id,
-        provider.client_secret,
-        provider.userinfo_url,
-        str(tmp_path / "instance"),
-        **config,
-    )
 
 
 def sign_in(base: str, http: requests.Session | None = None, **tamper: str) -> requests.Response:

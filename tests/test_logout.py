@@ -19,20 +19,9 @@ from flask_tokenguard.errors import InvalidGrant
 from flask_tokenguard.stores.memory import MemoryStore
 
 from .fixtures.apps import clone_cookies, make_app, new_client
-from .fixtures.oidc_app import make_oidc_app
+from .fixtures.oidc_app import oidc_app
 from .fixtures.provider import coordinator_for
 from .fixtures.servers import serve, silent_server
-
-
-def oidc_app(provider: Any, tmp_path: Any, **config: Any) -> Any:
-    return make_oidc_app(
-        provider.discovery_url,
-        provider.client_id,
-        provider.client_secret,
-        provider.userinfo_url,
-        str(tmp_path / "instance"),
-        **config,
-    )
 
 
 def signed_in(base: str) -> tuple[requests.Session, dict[str, Any]]:

@@ -19,7 +19,7 @@ import requests
 from werkzeug.serving import make_server
 
 from .fixtures.apps import burst
-from .fixtures.oidc_app import make_oidc_app
+from .fixtures.oidc_app import oidc_app
 from .fixtures.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -46,14 +46,7 @@ def sign_in(oidc: Any, base: str, browser: requests.Session | None = None) -> re
 def test_sign_in_with_the_metadata_url_alone(make_oidc_provider, tmp_path):
     port = free_port()
     oidc = make_oidc_provider(redirect_uris=[f"http://127.0.0.1:{port}/callback"])
-    app = make_oidc_app(
-        oidc.discovery_url,
-        oidc.client_id,
-        oidc.client_secret,
-        oidc.endpoint("userinfo"),
-        str(tmp_path / "instance"),
-        TOKENGUARD_AUTHORIZE_PARAMS=CONSENT,
-    )
+    app = oidc_app(oidc, tmp_path, TOKENGUARD_AUTHORIZE_PARAMS=CONSENT)
     with serve_on(port, app) as base:
         http = sign_in(oidc, base)
         me = http.get(f"{base}/me", timeout=10).json()
@@ -68,13 +61,7 @@ def test_without_prompt_consent_the_missing_refresh_token_is_named(
 ):
     port = free_port()
     oidc = make_oidc_provider(redirect_uris=[f"http://127.0.0.1:{port}/callback"])
-    app = make_oidc_app(
-        oidc.discovery_url,
-        oidc.client_id,
-        oidc.client_secret,
-        oidc.endpoint("userinfo"),
-        str(tmp_path / "instance"),
-    )
+    app = oidc_app(oidc, tmp_path)
     with caplog.at_level("WARNING", logger="flask_tokenguard"):
         with serve_on(port, app) as base:
             sign_in(oidc, base)

@@ -20,7 +20,7 @@ from flask_tokenguard.login import safe_next
 from flask_tokenguard.provider import ClientCredentials, RefreshClient
 from flask_tokenguard.signals import user_signed_in
 
-from .fixtures.oidc_app import make_oidc_app
+from .fixtures.oidc_app import oidc_app
 from .fixtures.servers import serve
 
 
@@ -64,17 +64,6 @@ def fake() -> Iterator[tuple[FakeTokenEndpoint, str]]:
     endpoint = FakeTokenEndpoint()
     with serve(endpoint) as base:
         yield endpoint, base
-
-
-def oidc_app(provider: Any, tmp_path: Any, **config: Any) -> Any:
-    return make_oidc_app(
-        provider.discovery_url,
-        provider.client_id,
-        provider.client_secret,
-        provider.userinfo_url,
-        str(tmp_path / "instance"),
-        **config,
-    )
 
 
 def start(http: requests.Session, base: str, path: str = "/login") -> str:
