@@ -108,12 +108,12 @@ class _AppState:
     discovery: Discovery
     credentials: ClientCredentials
     app_tokens: AppTokens
+    #: seals the grant store's rows (opened on first use): the app's secrets, its own purpose
+    grant_sealer: Sealer = field(repr=False)
     #: endpoint -> whether the hook skips it (an endpoint's view and blueprints never change)
     exempt: dict[str | None, bool] = field(default_factory=dict)
     #: the session cookie's name, from the app's session interface at the first request
     cookie_name: str | None = None
-    #: seals the grant store's rows (opened on first use): the app's secrets, purpose "grants"
-    grant_sealer: Sealer | None = None
     #: opened on first use (``TokenGuard.grant_store``)
     grant_store: GrantStore | None = None
     #: when the grant store last failed to open, and why
@@ -237,8 +237,8 @@ class TokenGuard:
                 min_renew_interval=settings.retry_after,
                 confidential=settings.client_auth != "none",
             ),
+            grant_sealer=Sealer(secrets, "grants"),
         )
-        state.grant_sealer = Sealer(secrets, "grants")
         if settings.offline_grants:
             if importlib.util.find_spec("sqlalchemy") is None:
                 raise ConfigurationError(
@@ -886,7 +886,6 @@ def _grant_store(state: _AppState) -> GrantStore:
                 raise StoreUnavailable(f"{failed[1]}; not tried again yet")
             from .grants import open_grant_store
 
-            assert state.grant_sealer is not None
             try:
                 state.grant_store = open_grant_store(
                     target, client_id=state.settings.client_id, sealer=state.grant_sealer

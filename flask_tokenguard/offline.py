@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from .coordinator import OutcomeCallback
 from .errors import InvalidGrant, StoreError, TokenError
 from .rules import Decision, RequestState, TokenRules
-from .tickets import FORMAT, TicketTokens
-from .token import Token, TokenState
+from .tickets import TicketTokens
+from .token import Token
 
 if TYPE_CHECKING:
     from .grants import GrantStore, StoredGrant
@@ -105,16 +105,7 @@ class OfflineGrants:
     def _use(self, grant: StoredGrant, on_outcome: OutcomeCallback | None) -> Token | None:
         """The grant's token, fresh; None when the grant is dead (and now deleted)."""
         assert grant.link is not None
-        session = {
-            self.tokens.key: {
-                "v": FORMAT,
-                "id": grant.link.ticket_id,
-                "k": grant.link.secret,
-                "exp": 0.0,
-                "due": 0.0,  # read the record: it knows when the token is due
-                "st": TokenState.OK.value,
-            }
-        }
+        session = self.tokens.session_for(grant.link.ticket_id, grant.link.secret)
         key = self.tokens.record_key(session)
         if self.tokens.store.read(key) is None and not self._bring_back(session, grant, key):
             return None

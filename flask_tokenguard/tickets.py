@@ -118,7 +118,7 @@ class TicketTokens:
         this session may have refreshed the token). TokenError when there is no record (signed
         out elsewhere, expired, evicted) or it does not open; StoreError when the store fails.
         """
-        text = record.box or self.store.read(self._key(session))  # (read by present())
+        text = record.box or self.store.read(self.record_key(session))  # (read by present())
         return self.open_text(session, record, text)
 
     def present(self, session: MutableMapping[str, Any], record: Record) -> Record | None:
@@ -129,7 +129,7 @@ class TicketTokens:
         if the view asks for it. A record last written more than half its lifetime ago (as the
         ticket knows) is renewed: the session is in use.
         """
-        key = self._key(session)
+        key = self.record_key(session)
         text = self.store.read(key)
         if text is None:
             return None
@@ -202,9 +202,7 @@ class TicketTokens:
             old = self._open_text(key, previous.box, secret)  # who it belongs to carries over
             body.update({k: old[k] for k in ("sub", "sid") if isinstance(old.get(k), str)})
         body.update({k: v for k, v in (("sub", subject), ("sid", sid)) if v is not None})
-        text = self._sealer(secret).seal(
-            json.dumps(body, separators=(",", ":")).encode("utf-8"), key.encode("utf-8")
-        )
+        text = self._seal(key, secret, body)
         if not self.store.swap(key, expected, text, self.lifetime):
             if fresh:  # a random 128-bit id already taken: practically never
                 raise StoreError("a new token ticket collided with an existing one")
@@ -235,17 +233,17 @@ class TicketTokens:
         body: dict[str, Any] = {"v": 1, "token": token, "st": TokenState.OK.value}
         body.update({"at": time.time(), "sub": subject, "sid": sid})
         body = {k: v for k, v in body.items() if v is not None}
-        text = self._sealer(secret).seal(
-            json.dumps(body, separators=(",", ":")).encode("utf-8"), key.encode("utf-8")
-        )
+        text = self._seal(key, secret, body)
         if not self.store.swap(key, None, text, self.lifetime):
             return False
         self._index_body(key, body)
         return True
 
-    def record_key(self, session: MutableMapping[str, Any]) -> str:
-        """The store key of the session's record; TokenError without a valid ticket."""
-        return self._key(session)
+    def session_for(self, ticket_id: str, secret: str) -> dict[str, Any]:
+        """A session mapping holding a ticket known elsewhere (a stored grant's), for work done
+        without a request. Its readable part is unknown: the first check reads the record."""
+        ticket = {"v": FORMAT, "id": ticket_id, "k": secret, "exp": 0.0, "due": 0.0}
+        return {self.key: {**ticket, "st": TokenState.OK.value}}
 
     def ticket(self, session: MutableMapping[str, Any]) -> tuple[str, str]:
         """The session ticket's id and secret (as text), to reopen its record elsewhere."""
@@ -294,7 +292,8 @@ class TicketTokens:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _key(self, session: MutableMapping[str, Any]) -> str:
+    def record_key(self, session: MutableMapping[str, Any]) -> str:
+        """The store key of the session's record; TokenError without a valid ticket."""
         return self.keys.ticket(self._ticket(session)[0])
 
     def _sealer(self, secret: bytes) -> Sealer:
@@ -305,6 +304,10 @@ class TicketTokens:
                 self._sealers.clear()
             self._sealers[secret] = sealer
         return sealer
+
+    def _seal(self, key: str, secret: bytes, body: dict[str, Any]) -> str:
+        data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        return self._sealer(secret).seal(data, key.encode("utf-8"))
 
     def _open_text(self, key: str, text: str, secret: bytes) -> dict[str, Any]:
         try:
