@@ -687,13 +687,15 @@ class TokenGuard:
             return False
         if grant is None:
             return True  # a row that did not open: deleted, nothing more known
+        # The record may hold a newer token than the row (a rotation not written through).
+        newest = (state.offline.current(grant) if state.offline else None) or grant.token
         if grant.link is not None:
-            tokens = state.rules.tokens
-            state.store.forget(tokens.keys.ticket(grant.link.ticket_id))
-        refresh_token = grant.token.get("refresh_token")
-        if isinstance(refresh_token, str):
-            state.rules.coordinator.revoke(refresh_token)
-        self._revoke_at_provider(state, grant.token)
+            state.store.forget(state.rules.tokens.keys.ticket(grant.link.ticket_id))
+        for token in (grant.token, newest):
+            refresh_token = token.get("refresh_token")
+            if isinstance(refresh_token, str):
+                state.rules.coordinator.revoke(refresh_token)
+        self._revoke_at_provider(state, newest)
         return True
 
     @_exempt

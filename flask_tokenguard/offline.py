@@ -84,6 +84,18 @@ class OfflineGrants:
                 type(exc).__name__,
             )
 
+    def current(self, grant: StoredGrant) -> Token | None:
+        """The token in the grant's record now, not refreshed (it may be ahead of the row);
+        None when the grant has no record or it does not open."""
+        if grant.link is None:
+            return None
+        session = self.tokens.session_for(grant.link.ticket_id, grant.link.secret)
+        try:
+            record = self.tokens.peek(session)
+            return None if record is None else self.tokens.open(session, record)[0]
+        except (TokenError, StoreError):
+            return None
+
     # -- jobs -------------------------------------------------------------------------------
 
     def token_for(self, subject: str, on_outcome: OutcomeCallback | None = None) -> Token:

@@ -363,6 +363,25 @@ def test_revoking_a_grant_from_the_command_line_ends_it_everywhere(
         web.token_for(user)
 
 
+def test_revoking_a_grant_whose_row_is_behind_revokes_the_newest_token(
+    site: Callable[..., Site], provider
+) -> None:
+    web, user = site(TOKENGUARD_REVOCATION_URL=f"{provider.url}/revoke"), subject()
+    first = provider.issue(user, expires_in=0)
+    http = web.browser(first, user)
+    assert web.profile(http) == 200  # refreshed
+    newest = web.current(http)["refresh_token"]
+    store = web.grant_store()
+    (grant,) = web.grants(user)
+    assert store.replace(grant.grant_id, grant.version, first)  # the row one rotation behind
+    with web.app.app_context():
+        assert web.guard.revoke_grant(grant.grant_id)
+    assert provider.introspect(newest).json()["active"] is False
+    coordinator = web.app.extensions["tokenguard"].rules.coordinator
+    assert coordinator.is_revoked(newest)  # a refresh finishing later cannot bring it back
+    assert web.profile(http) == 401
+
+
 # -- back-channel logout -------------------------------------------------------------------------
 
 
